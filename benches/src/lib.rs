@@ -1,0 +1,1 @@
+//! Criterion benchmarks live next to this crate: see `policy_lookup.rs`.

@@ -1,0 +1,460 @@
+//! A set of rules, the rule file, and matching a destination to its settings.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::error::Error;
+use crate::rule::{Destination, Rule, Settings, mask};
+
+/// A set of rules with at most one rule per destination, kept in file order and indexed
+/// for lookup.
+///
+/// Lookup costs a few hash probes whatever the number of rules: one per distinct prefix
+/// length of the address family and one per label of a name, never a scan of the rules.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    index: Index,
+}
+
+/// The result of a lookup: the settings to use and the rule they come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match<'a> {
+    /// The settings to open the connection with.
+    pub settings: Settings,
+    /// The rule that matched, or `None` for the built-in default (try MPTCP, fall back
+    /// to TCP).
+    pub rule: Option<&'a Rule>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Index {
+    addrs: HashMap<IpAddr, usize>,
+    /// Per prefix length, longest first: network address -> rule. IPv4 and IPv6 apart.
+    prefixes_v4: Vec<(u8, HashMap<IpAddr, usize>)>,
+    prefixes_v6: Vec<(u8, HashMap<IpAddr, usize>)>,
+    names: HashMap<String, usize>,
+    /// Keyed by the suffix after `*.`.
+    wildcards: HashMap<String, usize>,
+    any: Option<usize>,
+}
+
+impl Index {
+    fn build(rules: &[Rule]) -> Index {
+        let mut index = Index::default();
+        let mut by_len: HashMap<(bool, u8), HashMap<IpAddr, usize>> = HashMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            match &rule.destination {
+                Destination::Addr(a) => {
+                    index.addrs.insert(a.to_canonical(), i);
+                }
+                Destination::Prefix(p) => {
+                    by_len
+                        .entry((p.addr().is_ipv4(), p.len()))
+                        .or_default()
+                        .insert(p.addr(), i);
+                }
+                Destination::Name(n) => {
+                    index.names.insert(n.as_str().to_owned(), i);
+                }
+                Destination::Wildcard(n) => {
+                    index.wildcards.insert(n.as_str().to_owned(), i);
+                }
+                Destination::Any => index.any = Some(i),
+            }
+        }
+        for ((v4, len), networks) in by_len {
+            let list = if v4 {
+                &mut index.prefixes_v4
+            } else {
+                &mut index.prefixes_v6
+            };
+            list.push((len, networks));
+        }
+        index
+            .prefixes_v4
+            .sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        index
+            .prefixes_v6
+            .sort_by_key(|(len, _)| std::cmp::Reverse(*len));
+        index
+    }
+}
+
+impl Policy {
+    /// A policy from rules.
+    ///
+    /// # Errors
+    /// [`Error::Duplicate`] when two rules have the same destination.
+    pub fn new(rules: Vec<Rule>) -> Result<Policy, Error> {
+        let mut seen: HashMap<&Destination, usize> = HashMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            if let Some(first) = seen.insert(&rule.destination, i) {
+                return Err(Error::Duplicate {
+                    destination: rule.destination.to_string(),
+                    line: 0,
+                    first_line: first,
+                });
+            }
+        }
+        let index = Index::build(&rules);
+        Ok(Policy { rules, index })
+    }
+
+    /// Parses a rule file (see the crate documentation for the syntax).
+    ///
+    /// # Errors
+    /// [`Error::Parse`] or [`Error::Duplicate`] with the 1-based line number and the
+    /// offending text. Nothing is partially accepted: a file with one bad line yields
+    /// no policy, so the caller can keep the last good one.
+    pub fn parse(text: &str) -> Result<Policy, Error> {
+        let mut rules = Vec::new();
+        let mut lines_of: HashMap<Destination, usize> = HashMap::new();
+        let mut end: Option<usize> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line_no = i + 1;
+            let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
+            if content.is_empty() {
+                continue;
+            }
+            if let Some(end_line) = end {
+                return Err(Error::Parse {
+                    line: line_no,
+                    text: raw.to_owned(),
+                    reason: format!("text after the final '.' on line {end_line}"),
+                });
+            }
+            if content == "." {
+                end = Some(line_no);
+                continue;
+            }
+            let rule: Rule = content.parse().map_err(|e| Error::Parse {
+                line: line_no,
+                text: raw.to_owned(),
+                reason: match e {
+                    Error::Invalid {
+                        reason,
+                        field,
+                        input,
+                    } if input != content => {
+                        format!("invalid {field} {input:?}: {reason}")
+                    }
+                    Error::Invalid { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            })?;
+            if let Some(first_line) = lines_of.insert(rule.destination.clone(), line_no) {
+                return Err(Error::Duplicate {
+                    destination: rule.destination.to_string(),
+                    line: line_no,
+                    first_line,
+                });
+            }
+            rules.push(rule);
+        }
+        let index = Index::build(&rules);
+        Ok(Policy { rules, index })
+    }
+
+    /// The rules in file order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The number of rules.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are no rules (every destination gets the built-in default).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rule for exactly this destination, if any.
+    pub fn get(&self, destination: &Destination) -> Option<&Rule> {
+        self.position(destination).map(|i| &self.rules[i])
+    }
+
+    fn position(&self, destination: &Destination) -> Option<usize> {
+        self.rules
+            .iter()
+            .position(|r| &r.destination == destination)
+    }
+
+    /// Adds a rule, or replaces the rule for the same destination in place. Returns the
+    /// rule it replaced.
+    pub fn upsert(&mut self, rule: Rule) -> Option<Rule> {
+        let old = match self.position(&rule.destination) {
+            Some(i) => Some(std::mem::replace(&mut self.rules[i], rule)),
+            None => {
+                self.rules.push(rule);
+                None
+            }
+        };
+        self.index = Index::build(&self.rules);
+        old
+    }
+
+    /// Removes the rule for this destination and returns it.
+    pub fn remove(&mut self, destination: &Destination) -> Option<Rule> {
+        let i = self.position(destination)?;
+        let old = self.rules.remove(i);
+        self.index = Index::build(&self.rules);
+        Some(old)
+    }
+
+    /// The settings for a connection to `addr`, requested by `name` if the client gave
+    /// a name. Precedence, first hit wins:
+    ///
+    /// 1. if a name was given: the rule for exactly that name, then the wildcard rule
+    ///    with the longest suffix of it;
+    /// 2. the rule for exactly `addr`, then the prefix rule with the longest prefix
+    ///    containing it;
+    /// 3. the catch-all rule `*`;
+    /// 4. the built-in default: try MPTCP, fall back to TCP.
+    ///
+    /// A request by address never meets name rules (the proxy does not look names up
+    /// in reverse). A request by name that no name rule matches still meets the address
+    /// rules of the address it resolved to, so the seed's address-only files keep
+    /// working for clients that send names.
+    pub fn lookup(&self, name: Option<&str>, addr: IpAddr) -> Match<'_> {
+        let hit = name
+            .and_then(|n| self.match_name(n))
+            .or_else(|| self.match_addr(addr))
+            .or(self.index.any);
+        match hit {
+            Some(i) => Match {
+                settings: self.rules[i].settings,
+                rule: Some(&self.rules[i]),
+            },
+            None => Match {
+                settings: Settings::default(),
+                rule: None,
+            },
+        }
+    }
+
+    fn match_name(&self, name: &str) -> Option<usize> {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let lowered;
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            lowered = name.to_ascii_lowercase();
+            lowered.as_str()
+        } else {
+            name
+        };
+        if let Some(&i) = self.index.names.get(name) {
+            return Some(i);
+        }
+        if self.index.wildcards.is_empty() {
+            return None;
+        }
+        // Longest suffix first: for a.b.example.com try b.example.com, example.com, com.
+        name.match_indices('.')
+            .find_map(|(dot, _)| self.index.wildcards.get(&name[dot + 1..]).copied())
+    }
+
+    fn match_addr(&self, addr: IpAddr) -> Option<usize> {
+        let addr = addr.to_canonical();
+        if let Some(&i) = self.index.addrs.get(&addr) {
+            return Some(i);
+        }
+        let prefixes = if addr.is_ipv4() {
+            &self.index.prefixes_v4
+        } else {
+            &self.index.prefixes_v6
+        };
+        prefixes
+            .iter()
+            .find_map(|(len, networks)| networks.get(&mask(addr, *len)).copied())
+    }
+}
+
+impl PartialEq for Policy {
+    fn eq(&self, other: &Self) -> bool {
+        self.rules == other.rules
+    }
+}
+
+impl Eq for Policy {}
+
+impl fmt::Display for Policy {
+    /// The seed's file form: one `destination,enable,scheduler,path_manager,` line per
+    /// rule and a final `.` line. Comments are not kept.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for rule in &self.rules {
+            writeln!(f, "{rule}")?;
+        }
+        writeln!(f, ".")
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self, Error> {
+        Policy::parse(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rule::{PathManager, Scheduler};
+
+    const SEED: &str = "93.184.216.34,1,default,fullmesh,\n10.0.0.5,0,default,default,\n.\n";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_seed_file_loads_and_is_written_back_byte_for_byte() {
+        let policy = Policy::parse(SEED).unwrap();
+        assert_eq!(policy.len(), 2);
+        let first = policy.lookup(None, ip("93.184.216.34"));
+        assert!(first.settings.mptcp);
+        assert_eq!(first.settings.path_manager, PathManager::Fullmesh);
+        assert!(!policy.lookup(None, ip("10.0.0.5")).settings.mptcp);
+        assert_eq!(policy.to_string(), SEED);
+    }
+
+    #[test]
+    fn superset_syntax() {
+        let text = "# uplinks\n\n2001:db8::1,1,redundant,default,  # v6 host\n10.0.0.0/8,0,default,default\n*.example.com,1,roundrobin,ndiffports,\n";
+        let policy = Policy::parse(text).unwrap();
+        assert_eq!(policy.len(), 3);
+        assert_eq!(
+            policy
+                .lookup(Some("www.example.com"), ip("192.0.2.1"))
+                .settings
+                .scheduler,
+            Scheduler::RoundRobin
+        );
+        assert_eq!(
+            policy.to_string(),
+            "2001:db8::1,1,redundant,default,\n10.0.0.0/8,0,default,default,\n*.example.com,1,roundrobin,ndiffports,\n.\n"
+        );
+    }
+
+    #[test]
+    fn errors_carry_line_number_and_text() {
+        let cases = [
+            (
+                "10.0.0.1,1,default,default,\n10.0.0.2,yes,default,default,\n",
+                2,
+                "enable",
+            ),
+            ("# c\n\nfoo bar,1,default,default,\n", 3, "not allowed"),
+            (
+                "10.0.0.1,1,default,default,\n.\n10.0.0.2,1,default,default,\n",
+                3,
+                "after the final",
+            ),
+            (
+                "10.0.0.1,1,default,default,\n10.0.0.1,0,default,default,\n",
+                2,
+                "line 1",
+            ),
+            ("10.0.0.1,1,default\n", 1, "found 3"),
+        ];
+        for (text, line, what) in cases {
+            let err = Policy::parse(text).expect_err(text);
+            assert_eq!(err.line(), Some(line), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(what), "{msg}");
+            assert!(msg.starts_with(&format!("line {line}:")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn most_specific_rule_wins() {
+        let policy = Policy::parse(
+            "*,0,default,default,\n\
+             10.0.0.0/8,1,default,default,\n\
+             10.1.0.0/16,1,roundrobin,default,\n\
+             10.1.2.3,1,redundant,default,\n\
+             example.com,1,default,fullmesh,\n\
+             *.example.com,1,default,ndiffports,\n\
+             *.b.example.com,1,default,binder,\n\
+             ::/0,1,redundant,fullmesh,\n",
+        )
+        .unwrap();
+        let dest = |name: Option<&str>, addr: &str| {
+            policy
+                .lookup(name, ip(addr))
+                .rule
+                .map(|r| r.destination.to_string())
+        };
+        assert_eq!(dest(None, "10.1.2.3").as_deref(), Some("10.1.2.3"));
+        assert_eq!(dest(None, "10.1.2.4").as_deref(), Some("10.1.0.0/16"));
+        assert_eq!(dest(None, "10.2.0.1").as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(dest(None, "192.0.2.1").as_deref(), Some("*"));
+        assert_eq!(dest(None, "2001:db8::1").as_deref(), Some("::/0"));
+        assert_eq!(dest(None, "::ffff:10.1.2.3").as_deref(), Some("10.1.2.3"));
+        assert_eq!(
+            dest(Some("example.com"), "192.0.2.1").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            dest(Some("EXAMPLE.com."), "192.0.2.1").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(
+            dest(Some("www.example.com"), "10.1.2.3").as_deref(),
+            Some("*.example.com")
+        );
+        assert_eq!(
+            dest(Some("x.a.b.example.com"), "10.1.2.3").as_deref(),
+            Some("*.b.example.com")
+        );
+        // A name without a name rule falls through to the resolved address's rules.
+        assert_eq!(
+            dest(Some("other.org"), "10.1.2.9").as_deref(),
+            Some("10.1.0.0/16")
+        );
+        // *.example.com does not cover example.com's sibling domains.
+        assert_eq!(
+            dest(Some("notexample.com"), "192.0.2.1").as_deref(),
+            Some("*")
+        );
+    }
+
+    #[test]
+    fn no_rule_means_the_builtin_default() {
+        let policy = Policy::default();
+        let m = policy.lookup(Some("example.com"), ip("192.0.2.1"));
+        assert_eq!(m.rule, None);
+        assert_eq!(m.settings, Settings::default());
+        assert!(m.settings.mptcp);
+    }
+
+    #[test]
+    fn upsert_replaces_in_place_and_remove_updates_the_index() {
+        let mut policy = Policy::parse(SEED).unwrap();
+        let rule: Rule = "93.184.216.34,0,default,default,".parse().unwrap();
+        let old = policy.upsert(rule.clone()).unwrap();
+        assert!(old.settings.mptcp);
+        assert_eq!(policy.rules()[0], rule);
+        assert!(!policy.lookup(None, ip("93.184.216.34")).settings.mptcp);
+        assert!(
+            policy
+                .upsert("10.9.0.0/16,0,default,default,".parse().unwrap())
+                .is_none()
+        );
+        assert!(!policy.lookup(None, ip("10.9.1.1")).settings.mptcp);
+        let removed = policy.remove(&"10.9.0.0/16".parse().unwrap()).unwrap();
+        assert_eq!(removed.destination.to_string(), "10.9.0.0/16");
+        assert!(policy.lookup(None, ip("10.9.1.1")).rule.is_none());
+        assert!(policy.remove(&"10.9.0.0/16".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn new_refuses_duplicates() {
+        let rule: Rule = "10.0.0.1,1,default,default,".parse().unwrap();
+        let err = Policy::new(vec![rule.clone(), rule]).unwrap_err();
+        assert!(matches!(err, Error::Duplicate { .. }));
+    }
+}

@@ -1,0 +1,539 @@
+//! The rule model: a destination and the settings for connections to it.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use crate::error::{Error, Field};
+
+/// A DNS name: lowercase, without a trailing dot, each label 1 to 63 characters of
+/// letters, digits, `-` or `_`, at most 253 characters in all.
+///
+/// Names are compared case-insensitively, as DNS does; a trailing dot (the fully
+/// qualified form) is accepted and dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainName(String);
+
+impl DomainName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for DomainName {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Self, Error> {
+        let bad = |reason: &str| Error::invalid(Field::Destination, input, reason);
+        let name = input.strip_suffix('.').unwrap_or(input);
+        if name.is_empty() {
+            return Err(bad("empty name"));
+        }
+        if name.len() > 253 {
+            return Err(bad("a DNS name has at most 253 characters"));
+        }
+        for label in name.split('.') {
+            if label.is_empty() {
+                return Err(bad("empty label (two dots in a row?)"));
+            }
+            if label.len() > 63 {
+                return Err(bad("a DNS label has at most 63 characters"));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(bad("a DNS label cannot start or end with '-'"));
+            }
+            if let Some(c) = label
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+            {
+                return Err(bad(&format!(
+                    "character {c:?} is not allowed in a DNS name (letters, digits, '-', '_')"
+                )));
+            }
+        }
+        // "10.0.0" or "300.1.2.3" are mistyped addresses, not names: no top-level domain
+        // is all digits.
+        if name
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(bad(
+                "not a valid IP address, and not a DNS name (its last label is numeric)",
+            ));
+        }
+        Ok(DomainName(name.to_ascii_lowercase()))
+    }
+}
+
+impl fmt::Display for DomainName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An IP network in CIDR notation, such as `10.0.0.0/8` or `2001:db8::/32`.
+///
+/// Host bits must be zero: `10.0.0.1/8` is refused rather than silently widened, since
+/// it usually means a typo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpPrefix {
+    addr: IpAddr,
+    len: u8,
+}
+
+impl IpPrefix {
+    /// A prefix from its network address and length.
+    ///
+    /// # Errors
+    /// When the length is longer than the address or host bits are set.
+    pub fn new(addr: IpAddr, len: u8) -> Result<Self, Error> {
+        let text = format!("{addr}/{len}");
+        let max = max_len(addr);
+        if len > max {
+            return Err(Error::invalid(
+                Field::Destination,
+                &text,
+                format!("prefix length must be 0 to {max}"),
+            ));
+        }
+        let network = mask(addr, len);
+        if network != addr {
+            return Err(Error::invalid(
+                Field::Destination,
+                &text,
+                format!("host bits are set; the network is {network}/{len}"),
+            ));
+        }
+        Ok(IpPrefix { addr, len })
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    /// Whether the prefix has length 0 (it then contains every address of its family).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `ip` lies in this network (addresses of the other family never do).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.len) == self.addr
+    }
+}
+
+fn max_len(addr: IpAddr) -> u8 {
+    if addr.is_ipv4() { 32 } else { 128 }
+}
+
+/// `addr` with all but the first `len` bits cleared.
+pub(crate) fn mask(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4((bits & m).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6((bits & m).into())
+        }
+    }
+}
+
+impl FromStr for IpPrefix {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Self, Error> {
+        let bad = |reason: &str| Error::invalid(Field::Destination, input, reason);
+        let (addr, len) = input
+            .split_once('/')
+            .ok_or_else(|| bad("missing '/length'"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("the part before '/' is not an IP address"))?;
+        let len: u8 = len
+            .parse()
+            .map_err(|_| bad("the part after '/' is not a prefix length"))?;
+        IpPrefix::new(addr, len).map_err(|e| match e {
+            Error::Invalid { reason, .. } => bad(&reason),
+            other => other,
+        })
+    }
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// What a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Destination {
+    /// One address, IPv4 or IPv6: `93.184.216.34`, `2001:db8::1`.
+    Addr(IpAddr),
+    /// A network: `10.0.0.0/8`, `2001:db8::/32`.
+    Prefix(IpPrefix),
+    /// One DNS name: `example.com` (not its subdomains).
+    Name(DomainName),
+    /// Every name below a domain: `*.example.com` matches `www.example.com` and
+    /// `a.b.example.com`, but not `example.com` itself.
+    Wildcard(DomainName),
+    /// `*`: every destination no other rule matches.
+    Any,
+}
+
+impl FromStr for Destination {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Self, Error> {
+        if input == "*" {
+            return Ok(Destination::Any);
+        }
+        if let Some(suffix) = input.strip_prefix("*.") {
+            return suffix
+                .parse()
+                .map(Destination::Wildcard)
+                .map_err(|e| match e {
+                    Error::Invalid { reason, .. } => {
+                        Error::invalid(Field::Destination, input, reason)
+                    }
+                    other => other,
+                });
+        }
+        if input.contains('*') {
+            return Err(Error::invalid(
+                Field::Destination,
+                input,
+                "'*' is only allowed alone or as a leading '*.' label",
+            ));
+        }
+        if input.contains('/') {
+            return input.parse().map(Destination::Prefix);
+        }
+        if let Ok(addr) = input.parse::<IpAddr>() {
+            return Ok(Destination::Addr(addr));
+        }
+        if input.contains(':') {
+            return Err(Error::invalid(
+                Field::Destination,
+                input,
+                "not a valid IPv6 address",
+            ));
+        }
+        input.parse().map(Destination::Name)
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Destination::Addr(a) => a.fmt(f),
+            Destination::Prefix(p) => p.fmt(f),
+            Destination::Name(n) => n.fmt(f),
+            Destination::Wildcard(n) => write!(f, "*.{n}"),
+            Destination::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// Defines a field enum whose variants are spelled exactly as in the seed's rule file,
+/// with `FromStr` (case-insensitive), `Display` and `as_str` agreeing.
+macro_rules! keyword_enum {
+    ($(#[$meta:meta])* $name:ident, $field:expr, { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        #[non_exhaustive]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the order the seed lists them.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The spelling used in the rule file and the REST API.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = Error;
+
+            fn from_str(input: &str) -> Result<Self, Error> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str().eq_ignore_ascii_case(input))
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                        Error::invalid($field, input, format!("expected one of {}", names.join(", ")))
+                    })
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+keyword_enum!(
+    /// The MPTCP packet scheduler a rule asks for.
+    ///
+    /// Upstream Linux selects schedulers per network namespace (`net.mptcp.scheduler`) and
+    /// ships only `default`; the legacy multipath-tcp.org kernel sets them per socket.
+    Scheduler, Field::Scheduler, {
+        /// The kernel's default (lowest-RTT first).
+        #[default]
+        Default = "default",
+        /// Round robin over the subflows.
+        RoundRobin = "roundrobin",
+        /// Every segment on every subflow.
+        Redundant = "redundant",
+    }
+);
+
+keyword_enum!(
+    /// The MPTCP path manager a rule asks for.
+    PathManager, Field::PathManager, {
+        /// The kernel's default path manager.
+        #[default]
+        Default = "default",
+        /// A subflow between every pair of local and remote addresses.
+        Fullmesh = "fullmesh",
+        /// Several subflows over the same pair of addresses, different ports.
+        Ndiffports = "ndiffports",
+        /// Legacy kernel only: loose source routing over gateways.
+        Binder = "binder",
+    }
+);
+
+/// How connections to a destination are opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Settings {
+    /// `true`: try MPTCP (falling back to TCP where the kernel cannot); `false`: plain TCP.
+    pub mptcp: bool,
+    /// The packet scheduler.
+    pub scheduler: Scheduler,
+    /// The path manager.
+    pub path_manager: PathManager,
+}
+
+impl Default for Settings {
+    /// The built-in default for destinations no rule matches: try MPTCP, fall back to TCP.
+    fn default() -> Self {
+        Settings {
+            mptcp: true,
+            scheduler: Scheduler::Default,
+            path_manager: PathManager::Default,
+        }
+    }
+}
+
+/// Parses the second field of a rule: `1` (MPTCP) or `0` (plain TCP).
+pub(crate) fn parse_enable(input: &str) -> Result<bool, Error> {
+    match input {
+        "1" => Ok(true),
+        "0" => Ok(false),
+        _ => Err(Error::invalid(
+            Field::Enable,
+            input,
+            "expected 1 (MPTCP) or 0 (plain TCP)",
+        )),
+    }
+}
+
+/// A destination and its settings: one line of the rule file.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// What the rule applies to.
+    pub destination: Destination,
+    /// How to connect there.
+    pub settings: Settings,
+}
+
+impl Rule {
+    /// Builds a rule from the four text fields of the seed's format (the rule file and the
+    /// REST API both come through here, so they cannot disagree). Surrounding white space
+    /// is ignored.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the first field that does not parse.
+    pub fn from_fields(
+        destination: &str,
+        enable: &str,
+        scheduler: &str,
+        path_manager: &str,
+    ) -> Result<Rule, Error> {
+        Ok(Rule {
+            destination: destination.trim().parse()?,
+            settings: Settings {
+                mptcp: parse_enable(enable.trim())?,
+                scheduler: scheduler.trim().parse()?,
+                path_manager: path_manager.trim().parse()?,
+            },
+        })
+    }
+}
+
+impl FromStr for Rule {
+    type Err = Error;
+
+    /// Parses one line in the seed form: `destination,enable,scheduler,path_manager,`
+    /// (the trailing comma may be left out).
+    fn from_str(line: &str) -> Result<Self, Error> {
+        let body = line.trim();
+        let body = body.strip_suffix(',').unwrap_or(body);
+        let fields: Vec<&str> = body.split(',').collect();
+        match fields.as_slice() {
+            [d, e, s, p] => Rule::from_fields(d, e, s, p),
+            _ => Err(Error::invalid(
+                Field::Destination,
+                line,
+                format!(
+                    "expected 4 comma-separated values (destination,enable,scheduler,path_manager,), found {}",
+                    fields.len()
+                ),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    /// The seed's line form, trailing comma included.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.settings;
+        write!(
+            f,
+            "{},{},{},{},",
+            self.destination,
+            u8::from(s.mptcp),
+            s.scheduler,
+            s.path_manager
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse_and_print_symmetrically() {
+        let cases = [
+            ("93.184.216.34", "93.184.216.34"),
+            ("2001:DB8::1", "2001:db8::1"),
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("0.0.0.0/0", "0.0.0.0/0"),
+            ("2001:db8::/32", "2001:db8::/32"),
+            ("Example.COM", "example.com"),
+            ("example.com.", "example.com"),
+            ("*.example.com", "*.example.com"),
+            ("_sip._tcp.example.com", "_sip._tcp.example.com"),
+            ("*", "*"),
+        ];
+        for (input, printed) in cases {
+            let d: Destination = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(d.to_string(), printed, "{input}");
+            assert_eq!(printed.parse::<Destination>().ok(), Some(d), "{printed}");
+        }
+    }
+
+    #[test]
+    fn bad_destinations_are_refused_with_a_reason() {
+        let cases = [
+            ("", "empty"),
+            ("10.0.0.1/8", "host bits"),
+            ("10.0.0.0/33", "0 to 32"),
+            ("10.0.0.0/x", "prefix length"),
+            ("300.1.2.3", "numeric"),
+            ("10.0.0", "numeric"),
+            ("2001:db8:::1", "IPv6"),
+            ("exa mple.com", "not allowed"),
+            ("a..b", "empty label"),
+            ("-a.com", "start or end"),
+            ("www.*.com", "'*'"),
+            ("*.", "empty"),
+            ("**.com", "'*'"),
+        ];
+        for (input, reason) in cases {
+            let err = input.parse::<Destination>().expect_err(input).to_string();
+            assert!(err.contains(reason), "{input:?}: {err}");
+            assert!(
+                err.contains(&format!("{input:?}")) || input.is_empty(),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn prefix_contains() {
+        let p: IpPrefix = "10.1.0.0/16".parse().unwrap();
+        assert!(p.contains("10.1.255.3".parse().unwrap()));
+        assert!(!p.contains("10.2.0.1".parse().unwrap()));
+        assert!(!p.contains("::ffff:10.1.0.1".parse().unwrap()));
+        let all: IpPrefix = "::/0".parse().unwrap();
+        assert!(all.contains("2001:db8::1".parse().unwrap()));
+        assert!(!all.contains("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn keywords_are_case_insensitive_and_print_lowercase() {
+        assert_eq!(
+            "RoundRobin".parse::<Scheduler>().unwrap(),
+            Scheduler::RoundRobin
+        );
+        assert_eq!(
+            "fullmesh".parse::<PathManager>().unwrap().to_string(),
+            "fullmesh"
+        );
+        let err = "roundrobn".parse::<Scheduler>().unwrap_err().to_string();
+        assert!(err.contains("default, roundrobin, redundant"), "{err}");
+    }
+
+    #[test]
+    fn rule_lines_round_trip() {
+        for line in [
+            "93.184.216.34,1,default,fullmesh,",
+            "10.0.0.5,0,default,default,",
+            "*.example.com,1,redundant,ndiffports,",
+        ] {
+            let rule: Rule = line.parse().unwrap();
+            assert_eq!(rule.to_string(), line);
+        }
+        let rule: Rule = " 10.0.0.5 , 0 , default , binder ".parse().unwrap();
+        assert_eq!(rule.to_string(), "10.0.0.5,0,default,binder,");
+    }
+
+    #[test]
+    fn bad_rule_lines_name_the_field() {
+        let cases = [
+            ("10.0.0.5,2,default,default,", "enable"),
+            ("10.0.0.5,1,fast,default,", "scheduler"),
+            ("10.0.0.5,1,default,mesh,", "path manager"),
+            ("10.0.0.5,1,default,", "found 3"),
+            ("10.0.0.5,1,default,default,extra,", "found 5"),
+        ];
+        for (line, what) in cases {
+            let err = line.parse::<Rule>().expect_err(line).to_string();
+            assert!(err.contains(what), "{line}: {err}");
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Socket options: opening an outbound socket for a rule's settings and reading MPTCP
+//! state from a live socket. The only module with `unsafe`; Linux only.
+
+use std::fmt;
+use std::io;
+use std::mem::{MaybeUninit, size_of};
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::kernel::{Flavour, KernelSupport};
+use crate::rule::Settings;
+
+/// `SOL_MPTCP` from linux/socket.h; libc does not define it.
+const SOL_MPTCP: libc::c_int = 284;
+/// `MPTCP_INFO` from linux/mptcp.h.
+const MPTCP_INFO: libc::c_int = 1;
+/// `TCP_IS_MPTCP` from linux/tcp.h (Linux 6.10+).
+const TCP_IS_MPTCP: libc::c_int = 43;
+
+/// Socket options of the legacy multipath-tcp.org kernel, all at level `SOL_TCP`.
+pub(crate) mod legacy {
+    pub const MPTCP_ENABLED: libc::c_int = 42;
+    pub const MPTCP_SCHEDULER: libc::c_int = 43;
+    pub const MPTCP_PATH_MANAGER: libc::c_int = 44;
+}
+
+/// How [`open_outbound`] opened a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Opened {
+    /// With `IPPROTO_MPTCP` (upstream Linux), or as a TCP socket with MPTCP enabled by
+    /// socket option on the legacy kernel.
+    Mptcp,
+    /// The rule asked for MPTCP but this kernel cannot open an MPTCP socket.
+    TcpFallback,
+    /// The rule asked for plain TCP.
+    Tcp,
+}
+
+/// What a connected socket really carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// MPTCP end to end.
+    Mptcp,
+    /// MPTCP was asked for but the connection runs as TCP: the kernel could not open an
+    /// MPTCP socket, or the server (or a middlebox) does not speak MPTCP.
+    Fallback,
+    /// Plain TCP, as the rule said.
+    Tcp,
+}
+
+impl Transport {
+    /// `"mptcp"`, `"fallback"` or `"tcp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mptcp => "mptcp",
+            Transport::Fallback => "fallback",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+static FALLBACKS: AtomicU64 = AtomicU64::new(0);
+static FALLBACK_LOGGED: AtomicBool = AtomicBool::new(false);
+
+/// How many outbound sockets fell back to TCP because the kernel could not open an MPTCP
+/// socket (since the process started).
+pub fn fallback_count() -> u64 {
+    FALLBACKS.load(Ordering::Relaxed)
+}
+
+/// Opens an unconnected, blocking stream socket for a connection to `addr` with the given
+/// settings.
+///
+/// With `settings.mptcp` on upstream Linux the socket is created with `IPPROTO_MPTCP`;
+/// if the kernel refuses (EPROTONOSUPPORT: not built in, EINVAL: kernel older than 5.6,
+/// ENOPROTOOPT: `net.mptcp.enabled=0`), a TCP socket is opened instead, the first such
+/// event is logged and every one is counted ([`fallback_count`]). On the legacy
+/// multipath-tcp.org kernel a TCP socket gets `MPTCP_ENABLED`, `MPTCP_SCHEDULER` and
+/// `MPTCP_PATH_MANAGER` set instead. A server without MPTCP makes the kernel fall back on
+/// its own; [`transport`] tells afterwards.
+///
+/// # Errors
+/// When even a TCP socket cannot be created (for instance, out of file descriptors).
+pub fn open_outbound(addr: SocketAddr, settings: &Settings) -> io::Result<(Socket, Opened)> {
+    let domain = Domain::for_address(addr);
+    if KernelSupport::cached().flavour == Flavour::Legacy {
+        let socket = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+        apply_legacy(&socket, settings)?;
+        let opened = if settings.mptcp {
+            Opened::Mptcp
+        } else {
+            Opened::Tcp
+        };
+        return Ok((socket, opened));
+    }
+    if !settings.mptcp {
+        return Ok((
+            Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?,
+            Opened::Tcp,
+        ));
+    }
+    match Socket::new(domain, Type::STREAM, Some(Protocol::MPTCP)) {
+        Ok(socket) => Ok((socket, Opened::Mptcp)),
+        Err(e) if is_mptcp_unavailable(&e) => {
+            FALLBACKS.fetch_add(1, Ordering::Relaxed);
+            if !FALLBACK_LOGGED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    error = %e,
+                    "this kernel cannot open MPTCP sockets; using plain TCP (logged once, counted)"
+                );
+            }
+            Ok((
+                Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?,
+                Opened::TcpFallback,
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn is_mptcp_unavailable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPROTONOSUPPORT | libc::EINVAL | libc::ENOPROTOOPT)
+    )
+}
+
+/// A socket option value for the legacy kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OptValue {
+    Int(libc::c_int),
+    Text(&'static str),
+}
+
+/// The `(level, option, value)` triples that carry `settings` on the legacy kernel, in the
+/// order they are set. Kept apart from the syscalls so tests can check them here, where
+/// that kernel cannot run.
+pub(crate) fn legacy_options(settings: &Settings) -> Vec<(libc::c_int, libc::c_int, OptValue)> {
+    let mut options = vec![(
+        libc::SOL_TCP,
+        legacy::MPTCP_ENABLED,
+        OptValue::Int(settings.mptcp.into()),
+    )];
+    if settings.mptcp {
+        options.push((
+            libc::SOL_TCP,
+            legacy::MPTCP_SCHEDULER,
+            OptValue::Text(settings.scheduler.as_str()),
+        ));
+        options.push((
+            libc::SOL_TCP,
+            legacy::MPTCP_PATH_MANAGER,
+            OptValue::Text(settings.path_manager.as_str()),
+        ));
+    }
+    options
+}
+
+fn apply_legacy(socket: &Socket, settings: &Settings) -> io::Result<()> {
+    for (level, name, value) in legacy_options(settings) {
+        match value {
+            OptValue::Int(v) => setsockopt_bytes(socket, level, name, &v.to_ne_bytes())?,
+            OptValue::Text(s) => setsockopt_bytes(socket, level, name, s.as_bytes())?,
+        }
+    }
+    Ok(())
+}
+
+fn setsockopt_bytes(
+    socket: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &[u8],
+) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(value.len())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the pointer and length describe `value`, which outlives the call; the
+    // descriptor is borrowed and therefore open.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            level,
+            name,
+            value.as_ptr().cast(),
+            len,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Reads a fixed-size option into `T`, returning how many bytes the kernel filled.
+///
+/// # Safety
+/// `T` must be plain old data for which any byte pattern (including all zeroes) is valid.
+unsafe fn getsockopt_into<T>(
+    socket: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<(T, usize)> {
+    let mut value = MaybeUninit::<T>::zeroed();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: the buffer is size_of::<T>() bytes long and `len` says so; the kernel
+    // writes at most `len` bytes and stores the written length back.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            level,
+            name,
+            value.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised and T accepts any byte pattern (caller's contract).
+    Ok((unsafe { value.assume_init() }, len as usize))
+}
+
+/// `struct mptcp_info` as in linux/mptcp.h (6.18). Older kernels fill a prefix of it;
+/// the rest stays zero.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct RawMptcpInfo {
+    subflows: u8,
+    add_addr_signal: u8,
+    add_addr_accepted: u8,
+    subflows_max: u8,
+    add_addr_signal_max: u8,
+    add_addr_accepted_max: u8,
+    flags: u32,
+    token: u32,
+    write_seq: u64,
+    snd_una: u64,
+    rcv_nxt: u64,
+    local_addr_used: u8,
+    local_addr_max: u8,
+    csum_enabled: u8,
+    retransmits: u32,
+    bytes_retrans: u64,
+    bytes_sent: u64,
+    bytes_received: u64,
+    bytes_acked: u64,
+    subflows_total: u8,
+    reserved: [u8; 3],
+    last_data_sent: u32,
+    last_data_recv: u32,
+    last_ack_recv: u32,
+}
+
+/// MPTCP state of a live connection, from `getsockopt(SOL_MPTCP, MPTCP_INFO)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct MptcpInfo {
+    /// Subflows besides the initial one (the kernel's `mptcpi_subflows`).
+    pub subflows: u8,
+    /// All subflows including the initial one (Linux 6.8+; 0 on older kernels, where
+    /// [`MptcpInfo::subflow_count`] estimates it).
+    pub subflows_total: u8,
+    /// The most subflows the path manager allows.
+    pub subflows_max: u8,
+    /// ADD_ADDR announcements accepted from the peer.
+    pub add_addr_accepted: u8,
+    /// The connection token, which the path-manager netlink events carry.
+    pub token: u32,
+    /// `MPTCP_INFO_FLAG_*` bits.
+    pub flags: u32,
+    /// Data bytes sent (Linux 6.6+).
+    pub bytes_sent: u64,
+    /// Data bytes received (Linux 6.6+).
+    pub bytes_received: u64,
+    /// Data bytes retransmitted (Linux 6.6+).
+    pub bytes_retrans: u64,
+}
+
+impl MptcpInfo {
+    /// The number of subflows, the initial one included.
+    pub fn subflow_count(&self) -> u8 {
+        if self.subflows_total > 0 {
+            self.subflows_total
+        } else {
+            self.subflows.saturating_add(1)
+        }
+    }
+}
+
+/// Reads `MPTCP_INFO` from a live socket.
+///
+/// Returns `Ok(None)` for a socket that does not run MPTCP (plain TCP, or an MPTCP socket
+/// that fell back to TCP: the kernel answers EOPNOTSUPP or ENOPROTOOPT).
+///
+/// # Errors
+/// Any other getsockopt failure (such as EBADF).
+pub fn mptcp_info(socket: &impl AsFd) -> io::Result<Option<MptcpInfo>> {
+    // SAFETY: RawMptcpInfo is plain integers; any byte pattern is valid.
+    match unsafe { getsockopt_into::<RawMptcpInfo>(socket, SOL_MPTCP, MPTCP_INFO) } {
+        Ok((raw, _)) => Ok(Some(MptcpInfo {
+            subflows: raw.subflows,
+            subflows_total: raw.subflows_total,
+            subflows_max: raw.subflows_max,
+            add_addr_accepted: raw.add_addr_accepted,
+            token: raw.token,
+            flags: raw.flags,
+            bytes_sent: raw.bytes_sent,
+            bytes_received: raw.bytes_received,
+            bytes_retrans: raw.bytes_retrans,
+        })),
+        Err(e) if is_unsupported(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOPROTOOPT))
+}
+
+/// Reads `TCP_IS_MPTCP`: `Some(true)` while the connection runs MPTCP, `Some(false)` for
+/// plain TCP or a fallen-back MPTCP socket, `None` on kernels older than 6.10, which do
+/// not know the option.
+///
+/// # Errors
+/// Any getsockopt failure other than "option unknown".
+pub fn is_mptcp(socket: &impl AsFd) -> io::Result<Option<bool>> {
+    // SAFETY: c_int accepts any byte pattern.
+    match unsafe { getsockopt_into::<libc::c_int>(socket, libc::SOL_TCP, TCP_IS_MPTCP) } {
+        Ok((v, _)) => Ok(Some(v != 0)),
+        Err(e) if is_unsupported(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a connected socket carries, given how it was opened: MPTCP, MPTCP that fell
+/// back to TCP (server or path without MPTCP), or plain TCP.
+pub fn transport(socket: &impl AsFd, opened: Opened) -> Transport {
+    match opened {
+        Opened::Tcp => Transport::Tcp,
+        Opened::TcpFallback => Transport::Fallback,
+        Opened::Mptcp => {
+            let mptcp = match is_mptcp(socket) {
+                Ok(Some(v)) => v,
+                // Older kernel: MPTCP_INFO answers only while MPTCP is in use.
+                _ => matches!(mptcp_info(socket), Ok(Some(_))),
+            };
+            if mptcp {
+                Transport::Mptcp
+            } else {
+                Transport::Fallback
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rule::{PathManager, Scheduler};
+
+    #[test]
+    fn raw_mptcp_info_matches_the_kernel_layout() {
+        // Offsets of linux/mptcp.h (6.18), padding included.
+        assert_eq!(std::mem::offset_of!(RawMptcpInfo, local_addr_used), 40);
+        assert_eq!(std::mem::offset_of!(RawMptcpInfo, retransmits), 44);
+        assert_eq!(std::mem::offset_of!(RawMptcpInfo, bytes_retrans), 48);
+        assert_eq!(std::mem::offset_of!(RawMptcpInfo, subflows_total), 80);
+        assert_eq!(std::mem::offset_of!(RawMptcpInfo, last_ack_recv), 92);
+        assert_eq!(size_of::<RawMptcpInfo>(), 96);
+    }
+
+    #[test]
+    fn legacy_kernel_gets_the_seed_socket_options() {
+        let on = Settings {
+            mptcp: true,
+            scheduler: Scheduler::RoundRobin,
+            path_manager: PathManager::Fullmesh,
+        };
+        assert_eq!(
+            legacy_options(&on),
+            vec![
+                (libc::SOL_TCP, 42, OptValue::Int(1)),
+                (libc::SOL_TCP, 43, OptValue::Text("roundrobin")),
+                (libc::SOL_TCP, 44, OptValue::Text("fullmesh")),
+            ]
+        );
+        let off = Settings { mptcp: false, ..on };
+        assert_eq!(
+            legacy_options(&off),
+            vec![(libc::SOL_TCP, 42, OptValue::Int(0))]
+        );
+    }
+}
