@@ -1,0 +1,744 @@
+//! The REST API that edits the policy and its rule file at runtime.
+//!
+//! | Method and path             | Does                                                       |
+//! |-----------------------------|------------------------------------------------------------|
+//! | `GET /rules`                | all rules, in file order                                   |
+//! | `POST /rules`               | create (201) or replace (200) the rule for the body's `ip` |
+//! | `GET /rules/{destination}`  | one rule (404 if none)                                     |
+//! | `PUT /rules/{destination}`  | create (201) or replace (200); the body may omit `ip`      |
+//! | `DELETE /rules/{destination}` | remove (204; 404 if none)                                |
+//! | `GET /health`               | status, rule count, rule file, last reload error           |
+//!
+//! `{destination}` is the rule's first field: an address, a CIDR prefix, a name, a wildcard
+//! (`*.example.com`) or `*`. It is percent-decoded, and a `/` may be sent as is or as
+//! `%2F`: `/rules/10.0.0.0/8` and `/rules/10.0.0.0%2F8` are the same rule.
+//!
+//! The request body is the seed's JSON, accepted verbatim:
+//! `{"enable": "0|1", "ip": "...", "path_manager": "...", "scheduler": "..."}`.
+//! `enable` may also be `true`/`false` or the numbers `0`/`1`; `scheduler` and
+//! `path_manager` default to `"default"` when omitted (or `null`). Unknown fields are
+//! refused (400), so that a misspelt `"schedular"` does not silently fall back to the
+//! default. The values go through [`Rule::from_fields`], the rule file's own parser.
+//! Responses use the same keys, with `enable` as a boolean.
+//!
+//! Every error is JSON, `{"error": "..."}` (plus `"field"` when one field is at fault):
+//! 400 malformed body, 401 missing or wrong bearer token, 404 no such rule or route,
+//! 405 wrong method, 409 the rule file was broken by a hand edit, 413 body over
+//! [`BODY_LIMIT`], 415 a content type that is not JSON (a missing one, and curl's default form type or text with a JSON body, are accepted), 422 a
+//! well-formed body with an invalid value, 500 the rule file could not be written (then
+//! nothing changed).
+//!
+//! With a token, every route needs `Authorization: Bearer <token>`, except that
+//! `GET /health` answers without it, but then only with the status.
+
+use std::convert::Infallible;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::sync::Arc;
+
+use mptcp_policy::{Destination, Field, Rule};
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use warp::http::{HeaderValue, Method, StatusCode, header};
+use warp::path::Tail;
+use warp::reply::Response;
+use warp::{Buf, Filter, Rejection, Reply, Stream};
+
+use crate::store::{ReloadError, RuleStore, StoreError};
+
+/// Largest request body accepted. A rule is well under 1 KiB.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+/// A rule as the API sends it, with the seed's keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    /// The destination: address, prefix, name, wildcard or `*`.
+    pub ip: String,
+    /// Whether the outbound connection is opened as MPTCP.
+    pub enable: bool,
+    /// `default`, `roundrobin` or `redundant`.
+    pub scheduler: String,
+    /// `default`, `fullmesh`, `ndiffports` or `binder`.
+    pub path_manager: String,
+}
+
+impl From<&Rule> for RuleView {
+    fn from(rule: &Rule) -> Self {
+        RuleView {
+            ip: rule.destination.to_string(),
+            enable: rule.settings.mptcp,
+            scheduler: rule.settings.scheduler.as_str().to_owned(),
+            path_manager: rule.settings.path_manager.as_str().to_owned(),
+        }
+    }
+}
+
+/// The answer of `GET /health`. Without the token (when one is set) only `status` is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Always `"ok"` when the daemon answers.
+    pub status: String,
+    /// Number of rules in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<usize>,
+    /// The rule file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule_file: Option<String>,
+    /// The last reload of the rule file failed with this (the previous rules are in force).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload_error: Option<ReloadError>,
+}
+
+/// The REST API over `store`, as a warp filter that answers every request (errors become
+/// JSON responses). `token`: if given, requests need `Authorization: Bearer <token>`.
+pub fn routes(
+    store: RuleStore,
+    token: Option<String>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let token: Option<Arc<str>> = token.map(Arc::from);
+    let with_store = warp::any().map(move || store.clone());
+
+    let rules = warp::path("rules")
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(require_token(token.clone()))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(limited_body())
+        .and(with_store.clone())
+        .then(rules_handler);
+
+    let health = warp::path("health")
+        .and(warp::path::end())
+        .and(warp::method())
+        .and(has_token(token))
+        .and(with_store)
+        .map(health_handler);
+
+    rules.or(health).unify().recover(recover).unify()
+}
+
+/// Serves `routes(store, token)` on `listener` until `shutdown` completes, then finishes
+/// the requests in flight.
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    store: RuleStore,
+    token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    warp::serve(routes(store, token))
+        .incoming(listener)
+        .graceful(shutdown)
+        .run()
+        .await;
+}
+
+/// An error answer: a status and a message for the operator.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+    /// The JSON key at fault, if one is.
+    field: Option<&'static str>,
+    /// For 405: the methods the path allows.
+    allow: Option<&'static str>,
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            field: None,
+            allow: None,
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
+    }
+
+    fn method_not_allowed(method: &Method, allow: &'static str) -> Self {
+        ApiError {
+            allow: Some(allow),
+            ..ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} not allowed here; allowed: {allow}"),
+            )
+        }
+    }
+
+    /// A rule value that does not parse: 422, naming the JSON key.
+    fn invalid(err: &mptcp_policy::Error) -> Self {
+        let field = match err {
+            mptcp_policy::Error::Invalid { field, .. } => json_key(*field),
+            _ => None,
+        };
+        ApiError {
+            field,
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())
+        }
+    }
+
+    fn into_response(self) -> Response {
+        let mut body = Map::new();
+        body.insert("error".into(), Value::String(self.message));
+        if let Some(field) = self.field {
+            body.insert("field".into(), Value::String(field.into()));
+        }
+        let mut response = json_response(self.status, &Value::Object(body));
+        let headers = response.headers_mut();
+        if let Some(allow) = self.allow {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        let status = match err {
+            StoreError::BrokenOnDisk { .. } => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!("rule change failed: {err}");
+        }
+        ApiError::new(status, err.to_string())
+    }
+}
+
+fn json_key(field: Field) -> Option<&'static str> {
+    match field {
+        Field::Destination => Some("ip"),
+        Field::Enable => Some("enable"),
+        Field::Scheduler => Some("scheduler"),
+        Field::PathManager => Some("path_manager"),
+        _ => None,
+    }
+}
+
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// Rejects (401) unless the request carries the bearer token, when there is one.
+fn require_token(token: Option<Arc<str>>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    has_token(token)
+        .and_then(|authorized: bool| async move {
+            if authorized {
+                Ok(())
+            } else {
+                Err(warp::reject::custom(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong bearer token (send `Authorization: Bearer <token>`)",
+                )))
+            }
+        })
+        .untuple_one()
+}
+
+/// Whether the request is authorized: true when there is no token to check.
+fn has_token(
+    token: Option<Arc<str>>,
+) -> impl Filter<Extract = (bool,), Error = Infallible> + Clone {
+    warp::header::headers_cloned().map(move |headers: warp::http::HeaderMap| {
+        let Some(expected) = token.as_deref() else {
+            return true;
+        };
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(bearer_token)
+            .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
+    })
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header (the scheme is
+/// case-insensitive, RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credentials.trim())
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guessed
+/// token was right. (The length is not secret enough to hide.)
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The request body, refused with 413 beyond [`BODY_LIMIT`] without reading it all (and
+/// without needing a `Content-Length`, so chunked bodies work too).
+fn limited_body() -> impl Filter<Extract = (Vec<u8>,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(|length: Option<u64>, stream| collect_limited(length, stream))
+}
+
+async fn collect_limited<S, B>(length: Option<u64>, stream: S) -> Result<Vec<u8>, Rejection>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    fn too_large() -> Rejection {
+        warp::reject::custom(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {BODY_LIMIT} bytes"),
+        ))
+    }
+    if length.is_some_and(|length| length > BODY_LIMIT as u64) {
+        return Err(too_large());
+    }
+    let mut stream = pin!(stream);
+    let mut body = Vec::new();
+    while let Some(chunk) = poll_fn(|cx| stream.as_mut().poll_next(cx)).await {
+        let mut chunk = chunk.map_err(|err| {
+            warp::reject::custom(ApiError::bad_request(format!(
+                "cannot read the request body: {err}"
+            )))
+        })?;
+        if body.len() + chunk.remaining() > BODY_LIMIT {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            body.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(body)
+}
+
+async fn rules_handler(
+    tail: Tail,
+    method: Method,
+    content_type: Option<String>,
+    body: Vec<u8>,
+    store: RuleStore,
+) -> Response {
+    let result = if tail.as_str().trim_matches('/').is_empty() {
+        match method {
+            Method::GET => Ok(list_rules(&store)),
+            Method::POST => post_rule(&store, content_type.as_deref(), &body).await,
+            _ => Err(ApiError::method_not_allowed(&method, "GET, POST")),
+        }
+    } else {
+        match decode_destination(tail.as_str()) {
+            Err(err) => Err(err),
+            Ok(destination) => match method {
+                Method::GET => get_rule(&store, &destination),
+                Method::PUT => put_rule(&store, &destination, content_type.as_deref(), &body).await,
+                Method::DELETE => delete_rule(&store, &destination).await,
+                _ => Err(ApiError::method_not_allowed(&method, "GET, PUT, DELETE")),
+            },
+        }
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+fn health_handler(method: Method, authorized: bool, store: RuleStore) -> Response {
+    if method != Method::GET {
+        return ApiError::method_not_allowed(&method, "GET").into_response();
+    }
+    let health = if authorized {
+        Health {
+            status: "ok".into(),
+            rules: Some(store.policy().rules().len()),
+            rule_file: Some(store.path().display().to_string()),
+            last_reload_error: store.last_reload_error(),
+        }
+    } else {
+        Health {
+            status: "ok".into(),
+            rules: None,
+            rule_file: None,
+            last_reload_error: None,
+        }
+    };
+    json_response(StatusCode::OK, &health)
+}
+
+fn list_rules(store: &RuleStore) -> Response {
+    let policy = store.policy();
+    let rules: Vec<RuleView> = policy.rules().iter().map(RuleView::from).collect();
+    json_response(StatusCode::OK, &rules)
+}
+
+async fn post_rule(
+    store: &RuleStore,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let fields = RuleFields::parse(content_type, body)?;
+    let Some(ip) = fields.ip.as_deref() else {
+        return Err(
+            ApiError::bad_request("missing field `ip` (the rule's destination)").field("ip"),
+        );
+    };
+    let rule = fields.to_rule(ip)?;
+    store_rule(store, rule).await
+}
+
+fn get_rule(store: &RuleStore, destination: &str) -> Result<Response, ApiError> {
+    let destination = parse_path_destination(destination)?;
+    let policy = store.policy();
+    let rule = policy
+        .get(&destination)
+        .ok_or_else(|| no_rule(&destination))?;
+    Ok(json_response(StatusCode::OK, &RuleView::from(rule)))
+}
+
+async fn put_rule(
+    store: &RuleStore,
+    destination: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let fields = RuleFields::parse(content_type, body)?;
+    let rule = fields.to_rule(destination)?;
+    if let Some(ip) = fields.ip.as_deref() {
+        let in_body: Destination = ip.trim().parse().map_err(|err| ApiError::invalid(&err))?;
+        if in_body != rule.destination {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "field `ip` ({in_body}) does not match the destination in the path ({}); leave it out or make them equal",
+                    rule.destination
+                ),
+            )
+            .field("ip"));
+        }
+    }
+    store_rule(store, rule).await
+}
+
+async fn delete_rule(store: &RuleStore, destination: &str) -> Result<Response, ApiError> {
+    let destination = parse_path_destination(destination)?;
+    match store.remove(&destination).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+        None => Err(no_rule(&destination)),
+    }
+}
+
+/// Creates (201, with `Location`) or replaces (200) the rule; answers with the stored rule.
+async fn store_rule(store: &RuleStore, rule: Rule) -> Result<Response, ApiError> {
+    let view = RuleView::from(&rule);
+    let location = rule_location(&rule.destination);
+    let replaced = store.upsert(rule).await?;
+    if replaced.is_some() {
+        Ok(json_response(StatusCode::OK, &view))
+    } else {
+        let mut response = json_response(StatusCode::CREATED, &view);
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Ok(response)
+    }
+}
+
+fn no_rule(destination: &Destination) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no rule for {destination}"))
+}
+
+/// Characters escaped in a destination put in a path: everything that is not part of a
+/// path segment, and `/` (so a prefix stays one segment), `%`.
+pub const DESTINATION_ESCAPES: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// The path of the rule for `destination`: `/rules/10.0.0.0%2F8`.
+pub fn rule_location(destination: &Destination) -> String {
+    rule_path(&destination.to_string())
+}
+
+/// The path of the rule for a destination as the operator typed it.
+pub fn rule_path(destination: &str) -> String {
+    format!(
+        "/rules/{}",
+        utf8_percent_encode(destination, DESTINATION_ESCAPES)
+    )
+}
+
+/// The path tail after `/rules/`, percent-decoded. A trailing `/` is ignored.
+fn decode_destination(tail: &str) -> Result<String, ApiError> {
+    let tail = tail.strip_suffix('/').unwrap_or(tail);
+    percent_decode_str(tail)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| ApiError::bad_request("the destination in the path is not valid UTF-8"))
+}
+
+/// A destination from the path of a GET or DELETE: one that cannot be a rule has no rule.
+fn parse_path_destination(text: &str) -> Result<Destination, ApiError> {
+    text.trim().parse().map_err(|err: mptcp_policy::Error| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no rule for {text:?}: not a valid destination ({err})"),
+        )
+    })
+}
+
+/// The fields of a request body, checked for shape (400) but not yet for meaning (422).
+#[derive(Debug)]
+struct RuleFields {
+    ip: Option<String>,
+    enable: String,
+    scheduler: String,
+    path_manager: String,
+}
+
+impl RuleFields {
+    const KEYS: &'static str = "ip, enable, scheduler, path_manager";
+
+    fn parse(content_type: Option<&str>, body: &[u8]) -> Result<RuleFields, ApiError> {
+        if let Some(content_type) = content_type {
+            let mime = content_type
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            // curl's `-d` labels a JSON body as a form, and seed-era clients sent it as
+            // text: accept those when the body is JSON, so the seed's calls work verbatim.
+            let lenient = ["application/x-www-form-urlencoded", "text/plain"];
+            if mime != "application/json"
+                && !mime.ends_with("+json")
+                && !lenient.contains(&mime.as_str())
+            {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!(
+                        "content type {content_type:?} is not JSON; send `Content-Type: application/json` (curl: --json)"
+                    ),
+                ));
+            }
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::bad_request(format!(
+                "request body is empty; expected a JSON object with {}",
+                Self::KEYS
+            )));
+        }
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|err| ApiError::bad_request(format!("malformed JSON: {err}")))?;
+        let Value::Object(object) = value else {
+            return Err(ApiError::bad_request(format!(
+                "expected a JSON object with {}, got {}",
+                Self::KEYS,
+                type_name(&value)
+            )));
+        };
+        if let Some(unknown) = object
+            .keys()
+            .find(|key| !["ip", "enable", "scheduler", "path_manager"].contains(&key.as_str()))
+        {
+            return Err(ApiError::bad_request(format!(
+                "unknown field `{unknown}`; expected {}",
+                Self::KEYS
+            )));
+        }
+        Ok(RuleFields {
+            ip: optional_string(&object, "ip")?,
+            enable: enable_field(&object)?,
+            scheduler: optional_string(&object, "scheduler")?.unwrap_or_else(|| "default".into()),
+            path_manager: optional_string(&object, "path_manager")?
+                .unwrap_or_else(|| "default".into()),
+        })
+    }
+
+    /// The rule for `destination` with these settings, through the rule file's parser.
+    fn to_rule(&self, destination: &str) -> Result<Rule, ApiError> {
+        Rule::from_fields(
+            destination,
+            &self.enable,
+            &self.scheduler,
+            &self.path_manager,
+        )
+        .map_err(|err| ApiError::invalid(&err))
+    }
+}
+
+/// A string field that may be left out (or `null`).
+fn optional_string(
+    object: &Map<String, Value>,
+    key: &'static str,
+) -> Result<Option<String>, ApiError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "field `{key}` must be a string, got {}",
+            type_name(other)
+        ))
+        .field(key)),
+    }
+}
+
+/// `enable` as the rule file writes it: the seed's "0"/"1" strings pass through (and are
+/// judged by the parser); booleans and the numbers 0/1 are accepted too.
+fn enable_field(object: &Map<String, Value>) -> Result<String, ApiError> {
+    match object.get("enable") {
+        None | Some(Value::Null) => Err(ApiError::bad_request(
+            "missing field `enable` (\"1\" for MPTCP, \"0\" for plain TCP)",
+        )
+        .field("enable")),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Bool(b)) => Ok(if *b { "1" } else { "0" }.into()),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(0) => Ok("0".into()),
+            Some(1) => Ok("1".into()),
+            _ => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("invalid enable {n}: must be 0 or 1 (or \"0\"/\"1\", false/true)"),
+            )
+            .field("enable")),
+        },
+        Some(other) => Err(ApiError::bad_request(format!(
+            "field `enable` must be \"0\"/\"1\", a boolean or 0/1, got {}",
+            type_name(other)
+        ))
+        .field("enable")),
+    }
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Turns every rejection into a JSON error.
+async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let error = if let Some(err) = rejection.find::<ApiError>() {
+        ApiError {
+            status: err.status,
+            message: err.message.clone(),
+            field: err.field,
+            allow: err.allow,
+        }
+    } else if rejection.is_not_found() {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such route (the API has /rules, /rules/{destination} and /health)",
+        )
+    } else if let Some(err) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::bad_request(err.to_string())
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {BODY_LIMIT} bytes"),
+        )
+    } else {
+        tracing::warn!(?rejection, "unexpected rejection");
+        ApiError::bad_request(format!("bad request: {rejection:?}"))
+    };
+    Ok(error.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn rule_paths_escape_the_prefix_slash() {
+        assert_eq!(rule_path("10.0.0.0/8"), "/rules/10.0.0.0%2F8");
+        assert_eq!(rule_path("*.example.com"), "/rules/*.example.com");
+        assert_eq!(rule_path("2001:db8::/32"), "/rules/2001:db8::%2F32");
+        assert_eq!(
+            decode_destination("10.0.0.0%2F8").ok().as_deref(),
+            Some("10.0.0.0/8")
+        );
+        assert_eq!(
+            decode_destination("10.0.0.0/8/").ok().as_deref(),
+            Some("10.0.0.0/8")
+        );
+    }
+
+    #[test]
+    fn body_shapes() {
+        let parse = |body: &str| RuleFields::parse(None, body.as_bytes());
+        let fields = parse(r#"{"enable": true, "ip": "a.example"}"#).expect("valid");
+        assert_eq!(fields.enable, "1");
+        assert_eq!(fields.scheduler, "default");
+        assert_eq!(fields.path_manager, "default");
+        assert_eq!(parse(r#"{"enable": 0}"#).expect("valid").enable, "0");
+        let status = |body: &str| parse(body).err().map(|e| e.status);
+        assert_eq!(status("nope"), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(status("[]"), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            status(r#"{"enable": "1", "schedular": "x"}"#),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(status(r#"{"enable": [1]}"#), Some(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            status(r#"{"enable": 2}"#),
+            Some(StatusCode::UNPROCESSABLE_ENTITY)
+        );
+        assert_eq!(
+            status(r#"{"enable": "1", "ip": 5}"#),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            RuleFields::parse(Some("application/xml"), b"{}")
+                .err()
+                .map(|e| e.status),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        );
+        assert!(
+            RuleFields::parse(
+                Some("application/json; charset=utf-8"),
+                br#"{"enable":"1"}"#
+            )
+            .is_ok()
+        );
+    }
+}

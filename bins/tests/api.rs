@@ -1,0 +1,878 @@
+//! The REST API, the rule store and the watcher, through the public API of the library:
+//! routes driven with `warp::test` (no socket) against a store on a temporary rule file,
+//! plus one pass over a real socket with the `mptcpctl` binary.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mptcp_policy::{Destination, Policy};
+use mptcp_socks::PolicyHandle;
+use mptcp_socks_bins::{RuleStore, routes, serve_api, spawn_watcher};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use warp::http::StatusCode;
+
+const SEED_BODY: &str =
+    r#"{"enable": "0", "ip": "example.com", "path_manager": "fullmesh", "scheduler": "default"}"#;
+
+/// Extra request headers: (name, value).
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
+struct Fixture {
+    _dir: TempDir,
+    path: PathBuf,
+    store: RuleStore,
+}
+
+fn fixture(contents: Option<&str>) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("mptcp-rules");
+    if let Some(contents) = contents {
+        fs::write(&path, contents).expect("write rule file");
+    }
+    let store = RuleStore::open(&path, PolicyHandle::default()).expect("open store");
+    Fixture {
+        _dir: dir,
+        path,
+        store,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: warp::http::HeaderMap,
+    body: Value,
+}
+
+async fn request(
+    store: &RuleStore,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let filter = routes(store.clone(), token.map(str::to_owned));
+    let mut req = warp::test::request().method(method).path(path);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    if let Some(body) = body {
+        req = req.body(body);
+    }
+    let response = req.reply(&filter).await;
+    let body = if response.body().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(response.body()).unwrap_or_else(|err| {
+            panic!(
+                "{method} {path}: response is not JSON ({err}): {:?}",
+                response.body()
+            )
+        })
+    };
+    Answer {
+        status: response.status(),
+        headers: response.headers().clone(),
+        body,
+    }
+}
+
+async fn call(store: &RuleStore, method: &str, path: &str, body: Option<&str>) -> Answer {
+    let headers: &[(&str, &str)] = if body.is_some() {
+        &[("content-type", "application/json")]
+    } else {
+        &[]
+    };
+    request(store, None, method, path, body, headers).await
+}
+
+fn error_of(answer: &Answer) -> &str {
+    answer.body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message in {}", answer.body))
+}
+
+/// The file on disk is in the seed form and holds exactly the policy in force.
+fn assert_file_in_sync(fixture: &Fixture) {
+    let text = fs::read_to_string(&fixture.path).expect("read rule file");
+    assert!(
+        text.ends_with("\n.\n") || text == ".\n",
+        "not in seed form: {text:?}"
+    );
+    let on_disk = Policy::parse(&text).expect("file parses");
+    assert_eq!(on_disk.to_string(), text, "file is not the writer's output");
+    assert_eq!(on_disk.to_string(), fixture.store.policy().to_string());
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn seed_body_creates_then_replaces() {
+    let f = fixture(None);
+    let answer = call(&f.store, "GET", "/rules", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, json!([]));
+    assert!(!f.path.exists(), "a read must not create the file");
+
+    let answer = call(&f.store, "POST", "/rules", Some(SEED_BODY)).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(
+        answer.body,
+        json!({"ip": "example.com", "enable": false, "scheduler": "default", "path_manager": "fullmesh"})
+    );
+    assert_eq!(answer.headers["location"], "/rules/example.com");
+    assert_eq!(
+        fs::read_to_string(&f.path).expect("file created"),
+        "example.com,0,default,fullmesh,\n.\n"
+    );
+    assert_file_in_sync(&f);
+
+    let body = r#"{"enable": "1", "ip": "example.com", "path_manager": "ndiffports", "scheduler": "redundant"}"#;
+    let answer = call(&f.store, "POST", "/rules", Some(body)).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["enable"], true);
+    assert_eq!(answer.body["path_manager"], "ndiffports");
+    assert_file_in_sync(&f);
+
+    let answer = call(&f.store, "GET", "/rules", None).await;
+    assert_eq!(
+        answer.body,
+        json!([{"ip": "example.com", "enable": true, "scheduler": "redundant", "path_manager": "ndiffports"}])
+    );
+}
+
+#[tokio::test]
+async fn seed_clients_without_content_type_are_accepted() {
+    let f = fixture(None);
+    let answer = request(&f.store, None, "POST", "/rules", Some(SEED_BODY), &[]).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_file_in_sync(&f);
+    // `curl -d '{...}'` labels the JSON as a form; Postman's raw mode as text.
+    for content_type in ["application/x-www-form-urlencoded", "text/plain"] {
+        let headers = [("content-type", content_type)];
+        let answer = request(&f.store, None, "POST", "/rules", Some(SEED_BODY), &headers).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{content_type}: {}",
+            answer.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn enable_as_bool_and_number_and_defaults() {
+    let f = fixture(None);
+    for (body, ip, enable) in [
+        (r#"{"ip": "10.0.0.1", "enable": true}"#, "10.0.0.1", true),
+        (r#"{"ip": "10.0.0.2", "enable": false}"#, "10.0.0.2", false),
+        (r#"{"ip": "10.0.0.3", "enable": 1}"#, "10.0.0.3", true),
+        (r#"{"ip": "10.0.0.4", "enable": 0}"#, "10.0.0.4", false),
+        (
+            r#"{"ip": "10.0.0.5", "enable": "1", "scheduler": null}"#,
+            "10.0.0.5",
+            true,
+        ),
+    ] {
+        let answer = call(&f.store, "POST", "/rules", Some(body)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::CREATED,
+            "{body}: {}",
+            answer.body
+        );
+        assert_eq!(
+            answer.body,
+            json!({"ip": ip, "enable": enable, "scheduler": "default", "path_manager": "default"})
+        );
+    }
+    assert_file_in_sync(&f);
+    let answer = call(&f.store, "GET", "/rules", None).await;
+    let ips: Vec<_> = answer
+        .body
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["ip"].clone())
+        .collect();
+    assert_eq!(
+        ips,
+        ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"],
+        "file order"
+    );
+}
+
+#[tokio::test]
+async fn rules_by_destination_path() {
+    let f = fixture(Some("# hand-written\n93.184.216.34,1,default,fullmesh,\n"));
+    assert_eq!(f.store.policy().rules().len(), 1);
+
+    // A prefix, with the slash encoded and plain.
+    let answer = call(
+        &f.store,
+        "PUT",
+        "/rules/10.0.0.0%2F8",
+        Some(r#"{"enable": "0"}"#),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_eq!(answer.body["ip"], "10.0.0.0/8");
+    assert_eq!(answer.headers["location"], "/rules/10.0.0.0%2F8");
+    assert_file_in_sync(&f);
+    let answer = call(&f.store, "GET", "/rules/10.0.0.0/8", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["enable"], false);
+    let body = r#"{"ip": "10.0.0.0/8", "enable": "1", "scheduler": "roundrobin"}"#;
+    let answer = call(&f.store, "PUT", "/rules/10.0.0.0/8", Some(body)).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["scheduler"], "roundrobin");
+
+    // The body's ip must name the same rule as the path.
+    let before = fs::read(&f.path).expect("read");
+    let answer = call(
+        &f.store,
+        "PUT",
+        "/rules/10.0.0.0/8",
+        Some(r#"{"ip": "10.0.0.1", "enable": "1"}"#),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(answer.body["field"], "ip");
+    assert!(error_of(&answer).contains("10.0.0.1"), "{}", answer.body);
+    assert_eq!(fs::read(&f.path).expect("read"), before);
+
+    // Wildcards and the catch-all.
+    for (path, ip) in [
+        ("/rules/*.example.com", "*.example.com"),
+        ("/rules/*", "*"),
+        ("/rules/%2A", "*"),
+    ] {
+        let answer = call(&f.store, "PUT", path, Some(r#"{"enable": false}"#)).await;
+        assert!(answer.status.is_success(), "{path}: {}", answer.body);
+        assert_eq!(answer.body["ip"], ip);
+        let answer = call(&f.store, "GET", path, None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+        assert_eq!(answer.body["ip"], ip);
+    }
+    assert_file_in_sync(&f);
+
+    // Names are case-insensitive.
+    call(
+        &f.store,
+        "PUT",
+        "/rules/Example.ORG",
+        Some(r#"{"enable": "1"}"#),
+    )
+    .await;
+    assert_eq!(
+        call(&f.store, "GET", "/rules/example.org", None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // Delete, then it is gone.
+    let answer = call(&f.store, "DELETE", "/rules/10.0.0.0%2F8", None).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+    assert_eq!(answer.body, Value::Null);
+    assert_file_in_sync(&f);
+    let answer = call(&f.store, "DELETE", "/rules/10.0.0.0/8", None).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(error_of(&answer).contains("10.0.0.0/8"));
+    let answer = call(&f.store, "GET", "/rules/10.0.0.0/8", None).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    let answer = call(&f.store, "GET", "/rules/not%20a%20destination!", None).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(error_of(&answer).contains("not a valid destination"));
+    assert!(
+        f.store
+            .policy()
+            .get(&"93.184.216.34".parse::<Destination>().expect("dest"))
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_refused_and_change_nothing() {
+    let f = fixture(Some("192.0.2.1,1,default,default,\n.\n"));
+    let before = fs::read(&f.path).expect("read");
+    let cases: &[(&str, Headers<'_>, StatusCode, &str)] = &[
+        (
+            "not json",
+            &[("content-type", "application/json")],
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+        ),
+        (
+            "",
+            &[("content-type", "application/json")],
+            StatusCode::BAD_REQUEST,
+            "empty",
+        ),
+        ("[1, 2]", &[], StatusCode::BAD_REQUEST, "got an array"),
+        (
+            r#"{"ip": "example.com", "enable": [1]}"#,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "`enable`",
+        ),
+        (
+            r#"{"ip": 17, "enable": "1"}"#,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "`ip` must be a string",
+        ),
+        (
+            r#"{"ip": "example.com", "enable": "1", "scheduler": 3}"#,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "`scheduler`",
+        ),
+        (
+            r#"{"enable": "1"}"#,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "missing field `ip`",
+        ),
+        (
+            r#"{"ip": "example.com"}"#,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "missing field `enable`",
+        ),
+        (
+            r#"{"ip": "example.com", "enable": "1", "schedular": "redundant"}"#,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "unknown field `schedular`",
+        ),
+        (
+            r#"{"ip": "10.1.2.3/40", "enable": "1"}"#,
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "10.1.2.3/40",
+        ),
+        (
+            r#"{"ip": "2001:db8::zz", "enable": "1"}"#,
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "2001:db8::zz",
+        ),
+        (
+            r#"{"ip": "not a host!", "enable": "1"}"#,
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "not a host!",
+        ),
+        (
+            r#"{"ip": "example.com", "enable": "1", "scheduler": "fast"}"#,
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "fast",
+        ),
+        (
+            r#"{"ip": "example.com", "enable": "1", "path_manager": "mesh"}"#,
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "mesh",
+        ),
+        (
+            r#"{"ip": "example.com", "enable": "yes"}"#,
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "yes",
+        ),
+        (
+            r#"{"ip": "example.com", "enable": 7}"#,
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "7",
+        ),
+        (
+            SEED_BODY,
+            &[("content-type", "application/xml")],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not JSON",
+        ),
+        (
+            "enable=1&ip=example.com",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            StatusCode::BAD_REQUEST,
+            "malformed JSON",
+        ),
+    ];
+    for (body, headers, status, needle) in cases {
+        let answer = request(&f.store, None, "POST", "/rules", Some(body), headers).await;
+        assert_eq!(answer.status, *status, "{body}: {}", answer.body);
+        let message = error_of(&answer);
+        assert!(
+            message.contains(needle),
+            "{body}: message {message:?} lacks {needle:?}"
+        );
+        assert_eq!(
+            fs::read(&f.path).expect("read"),
+            before,
+            "{body} touched the file"
+        );
+    }
+    // Field names for the 422s.
+    let answer = call(
+        &f.store,
+        "POST",
+        "/rules",
+        Some(r#"{"ip": "example.com", "enable": "1", "scheduler": "fast"}"#),
+    )
+    .await;
+    assert_eq!(answer.body["field"], "scheduler");
+    let answer = call(
+        &f.store,
+        "POST",
+        "/rules",
+        Some(r#"{"ip": "10.1.2.3/40", "enable": "1"}"#),
+    )
+    .await;
+    assert_eq!(answer.body["field"], "ip");
+
+    // Too large, with and without a usable content-length.
+    let big = format!(
+        r#"{{"ip": "example.com", "enable": "1", "pad": "{}"}}"#,
+        "x".repeat(20_000)
+    );
+    let answer = call(&f.store, "POST", "/rules", Some(&big)).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(error_of(&answer).contains("16384"));
+    assert_eq!(fs::read(&f.path).expect("read"), before);
+    assert_eq!(f.store.policy().rules().len(), 1);
+}
+
+#[tokio::test]
+async fn wrong_methods_and_routes() {
+    let f = fixture(None);
+    for (method, path, allow) in [
+        ("PATCH", "/rules", "GET, POST"),
+        ("DELETE", "/rules", "GET, POST"),
+        ("POST", "/rules/example.com", "GET, PUT, DELETE"),
+        ("POST", "/health", "GET"),
+    ] {
+        let answer = call(&f.store, method, path, None).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(answer.headers["allow"], allow);
+        assert!(error_of(&answer).contains(method));
+    }
+    for path in ["/", "/nope", "/rulesx", "/health/x"] {
+        let answer = call(&f.store, "GET", path, None).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(error_of(&answer).contains("no such route"));
+    }
+}
+
+#[tokio::test]
+async fn health_reports_rules_and_file() {
+    let f = fixture(Some(
+        "a.example,1,default,default,\nb.example,0,default,default,\n.\n",
+    ));
+    let answer = call(&f.store, "GET", "/health", None).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body["status"], "ok");
+    assert_eq!(answer.body["rules"], 2);
+    assert_eq!(answer.body["rule_file"], f.path.display().to_string());
+    assert!(answer.body.get("last_reload_error").is_none());
+}
+
+#[tokio::test]
+async fn bearer_token() {
+    let f = fixture(None);
+    let token = Some("s3cret");
+    let answer = request(&f.store, token, "GET", "/rules", None, &[]).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.headers["www-authenticate"], "Bearer");
+    assert!(error_of(&answer).contains("bearer token"));
+    for wrong in ["Bearer s3cre", "Bearer s3cret2", "Basic s3cret", "s3cret"] {
+        let answer = request(
+            &f.store,
+            token,
+            "GET",
+            "/rules",
+            None,
+            &[("authorization", wrong)],
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    // Refused before the body is looked at: no file is written.
+    let answer = request(&f.store, token, "POST", "/rules", Some(SEED_BODY), &[]).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert!(!f.path.exists());
+
+    let ok = [("authorization", "Bearer s3cret")];
+    let answer = request(&f.store, token, "POST", "/rules", Some(SEED_BODY), &ok).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    let answer = request(
+        &f.store,
+        token,
+        "GET",
+        "/rules",
+        None,
+        &[("authorization", "bearer s3cret")],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+
+    // Health answers without the token, but says no more than "ok".
+    let answer = request(&f.store, token, "GET", "/health", None, &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, json!({"status": "ok"}));
+    let answer = request(&f.store, token, "GET", "/health", None, &ok).await;
+    assert_eq!(answer.body["rules"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_lose_nothing() {
+    let f = fixture(None);
+    let filter = routes(f.store.clone(), None);
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let filter = filter.clone();
+            tokio::spawn(async move {
+                let body =
+                    json!({"ip": format!("host{i}.example"), "enable": i % 2 == 0}).to_string();
+                warp::test::request()
+                    .method("POST")
+                    .path("/rules")
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .reply(&filter)
+                    .await
+                    .status()
+            })
+        })
+        .collect();
+    let result = tokio::time::timeout(Duration::from_secs(30), async {
+        for task in tasks {
+            assert_eq!(task.await.expect("task"), StatusCode::CREATED);
+        }
+    })
+    .await;
+    assert!(result.is_ok(), "concurrent POSTs took too long");
+    let on_disk = Policy::parse(&fs::read_to_string(&f.path).expect("read")).expect("parses");
+    assert_eq!(on_disk.rules().len(), 50);
+    for i in 0..50 {
+        let dest: Destination = format!("host{i}.example").parse().expect("dest");
+        assert!(on_disk.get(&dest).is_some(), "host{i} lost");
+    }
+    assert_file_in_sync(&f);
+}
+
+#[tokio::test]
+async fn failed_write_is_500_and_changes_nothing() {
+    let f = fixture(Some("192.0.2.1,1,default,default,\n.\n"));
+    // Take the directory away: the temporary file cannot be created.
+    fs::remove_dir_all(f.path.parent().expect("dir")).expect("remove dir");
+    let answer = call(&f.store, "POST", "/rules", Some(SEED_BODY)).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        error_of(&answer).contains("cannot write rule file"),
+        "{}",
+        answer.body
+    );
+    let answer = call(&f.store, "GET", "/rules", None).await;
+    assert_eq!(
+        answer.body,
+        json!([{"ip": "192.0.2.1", "enable": true, "scheduler": "default", "path_manager": "default"}])
+    );
+    let answer = call(&f.store, "DELETE", "/rules/192.0.2.1", None).await;
+    assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(f.store.policy().rules().len(), 1);
+}
+
+#[tokio::test]
+async fn writes_keep_mode_and_a_pending_hand_edit() {
+    let f = fixture(Some("192.0.2.1,1,default,default,\n.\n"));
+    fs::set_permissions(&f.path, fs::Permissions::from_mode(0o640)).expect("chmod");
+    // A hand edit the store has not reloaded yet (no watcher here) ...
+    fs::write(
+        &f.path,
+        "192.0.2.1,1,default,default,\n192.0.2.2,0,default,default,\n.\n",
+    )
+    .expect("edit");
+    // ... is the base of the next API change, not overwritten by it.
+    let answer = call(&f.store, "POST", "/rules", Some(SEED_BODY)).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(f.store.policy().rules().len(), 3);
+    assert_file_in_sync(&f);
+    assert_eq!(
+        fs::metadata(&f.path).expect("stat").permissions().mode() & 0o777,
+        0o640
+    );
+
+    // A broken hand edit blocks API changes (409) rather than being thrown away.
+    let broken = "192.0.2.1,1,default,default,\n192.0.2.3,1,fast,default,\n.\n";
+    fs::write(&f.path, broken).expect("edit");
+    let answer = call(&f.store, "DELETE", "/rules/192.0.2.1", None).await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    assert!(error_of(&answer).contains("line 2"), "{}", answer.body);
+    assert_eq!(fs::read_to_string(&f.path).expect("read"), broken);
+    assert_eq!(f.store.policy().rules().len(), 3);
+}
+
+#[test]
+fn broken_file_at_startup_is_an_error_with_its_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rules");
+    fs::write(
+        &path,
+        "192.0.2.1,1,default,default,\n192.0.2.2,7,default,default,\n.\n",
+    )
+    .expect("write");
+    let err = RuleStore::open(&path, PolicyHandle::default()).expect_err("broken file");
+    let message = err.to_string();
+    assert!(message.contains("line 2"), "{message}");
+    assert!(message.contains("192.0.2.2,7"), "{message}");
+}
+
+fn replace_by_rename(path: &Path, contents: &str) {
+    let tmp = path.with_extension("swp");
+    fs::write(&tmp, contents).expect("write");
+    fs::rename(&tmp, path).expect("rename");
+}
+
+#[tokio::test]
+async fn watcher_picks_up_hand_edits_and_keeps_the_last_good_policy() {
+    let f = fixture(Some("192.0.2.1,1,default,default,\n.\n"));
+    let _guard = spawn_watcher(f.store.clone()).expect("watcher");
+    let dest = |s: &str| s.parse::<Destination>().expect("dest");
+
+    // An editor that replaces the file by rename.
+    replace_by_rename(
+        &f.path,
+        "192.0.2.1,1,default,default,\n# added\n198.51.100.0/24,0,default,default,\n",
+    );
+    wait_for("rename edit", || {
+        f.store.policy().get(&dest("198.51.100.0/24")).is_some()
+    })
+    .await;
+
+    // An editor that writes in place.
+    fs::write(&f.path, "203.0.113.7,0,redundant,binder,\n.\n").expect("write");
+    wait_for("in-place edit", || {
+        f.store.policy().get(&dest("203.0.113.7")).is_some()
+    })
+    .await;
+    assert_eq!(f.store.policy().rules().len(), 1);
+
+    // A broken edit: reported with its line, last good policy stays.
+    fs::write(
+        &f.path,
+        "203.0.113.7,0,redundant,binder,\n203.0.113.8,1,sometimes,default,\n.\n",
+    )
+    .expect("write");
+    wait_for("reload error", || f.store.last_reload_error().is_some()).await;
+    let err = f.store.last_reload_error().expect("error");
+    assert_eq!(err.line, Some(2));
+    assert!(err.message.contains("sometimes"), "{}", err.message);
+    assert_eq!(f.store.policy().rules().len(), 1);
+    let answer = call(&f.store, "GET", "/health", None).await;
+    assert_eq!(answer.body["last_reload_error"]["line"], 2);
+
+    // Fixed: picked up, error cleared.
+    fs::write(&f.path, "203.0.113.8,1,default,default,\n.\n").expect("write");
+    wait_for("fix", || {
+        f.store.policy().get(&dest("203.0.113.8")).is_some()
+    })
+    .await;
+    wait_for("error cleared", || f.store.last_reload_error().is_none()).await;
+
+    // Our own writes do not produce reload errors and are not undone.
+    for i in 0..5 {
+        let body = json!({"ip": format!("198.51.100.{i}"), "enable": "1"}).to_string();
+        assert_eq!(
+            call(&f.store, "POST", "/rules", Some(&body)).await.status,
+            StatusCode::CREATED
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(f.store.last_reload_error().is_none());
+    assert_eq!(f.store.policy().rules().len(), 6);
+    assert_file_in_sync(&f);
+}
+
+fn ctl(args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mptcpctl"));
+    cmd.args(args)
+        .env_remove("MPTCP_SOCKS_API")
+        .env_remove("MPTCP_SOCKS_API_TOKEN");
+    if let Some(token) = token {
+        cmd.env("MPTCP_SOCKS_API_TOKEN", token);
+    }
+    let out = cmd.output().expect("run mptcpctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The daemon's way in: `serve_api` on a real socket, driven by the `mptcpctl` binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mptcpctl_against_a_served_api() {
+    let f = fixture(None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let api = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_api(
+        listener,
+        f.store.clone(),
+        Some("tok".into()),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    let api2 = api.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        let api = api2.as_str();
+        vec![
+            ctl(
+                &[
+                    "--api",
+                    api,
+                    "rules",
+                    "add",
+                    "10.0.0.0/8",
+                    "--mptcp",
+                    "off",
+                    "--path-manager",
+                    "fullmesh",
+                ],
+                Some("tok"),
+            ),
+            ctl(&["--api", api, "rules", "add", "10.0.0.0/8"], Some("tok")),
+            ctl(&["--api", api, "rules", "list"], Some("tok")),
+            ctl(
+                &["--api", api, "rules", "show", "10.0.0.0/8", "--json"],
+                Some("tok"),
+            ),
+            ctl(&["--api", api, "rules", "list"], None),
+            ctl(&["--api", api, "rules", "rm", "192.0.2.99"], Some("tok")),
+            ctl(&["--api", api, "rules", "rm", "10.0.0.0/8"], Some("tok")),
+            ctl(
+                &["--api", api, "rules", "add", "x", "--scheduler", "fast"],
+                Some("tok"),
+            ),
+            ctl(&["--api", api, "health"], Some("tok")),
+        ]
+    })
+    .await
+    .expect("mptcpctl runs");
+
+    let (code, out, err) = &results[0];
+    assert_eq!(*code, Some(0), "{err}");
+    assert!(
+        out.contains("added rule for 10.0.0.0/8: MPTCP off"),
+        "{out}"
+    );
+    let (code, out, _) = &results[1];
+    assert_eq!(*code, Some(0));
+    assert!(
+        out.contains("replaced rule for 10.0.0.0/8: MPTCP on"),
+        "{out}"
+    );
+    let (code, out, _) = &results[2];
+    assert_eq!(*code, Some(0));
+    assert!(out.starts_with("DESTINATION"), "{out}");
+    assert!(out.contains("10.0.0.0/8") && out.contains(" on "), "{out}");
+    let (code, out, _) = &results[3];
+    assert_eq!(*code, Some(0));
+    let shown: Value = serde_json::from_str(out).expect("json output");
+    assert_eq!(shown["ip"], "10.0.0.0/8");
+    let (code, _, err) = &results[4];
+    assert_eq!(*code, Some(1), "no token");
+    assert!(err.contains("bearer token") && err.contains("401"), "{err}");
+    let (code, _, err) = &results[5];
+    assert_eq!(*code, Some(1));
+    assert!(err.contains("no rule for 192.0.2.99"), "{err}");
+    let (code, out, _) = &results[6];
+    assert_eq!(*code, Some(0));
+    assert!(out.contains("removed rule for 10.0.0.0/8"), "{out}");
+    let (code, _, err) = &results[7];
+    assert_eq!(*code, Some(2), "usage error: {err}");
+    let (code, out, _) = &results[8];
+    assert_eq!(*code, Some(0));
+    assert!(out.starts_with("ok") && out.contains("0 rule(s)"), "{out}");
+    assert_file_in_sync(&f);
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("server stops on shutdown")
+        .expect("server task");
+
+    // Nobody listening any more: exit code 3, naming the address.
+    let (code, _, err) = tokio::task::spawn_blocking(move || ctl(&["--api", &api, "health"], None))
+        .await
+        .expect("mptcpctl runs");
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("127.0.0.1") && err.contains("running"),
+        "{err}"
+    );
+}
+
+/// A chunked body (no Content-Length) over the limit is cut off with 413, not read whole.
+#[tokio::test]
+async fn chunked_body_over_the_limit_is_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let f = fixture(None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_api(listener, f.store.clone(), None, async {
+        let _ = stopped.await;
+    }));
+
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = "POST /rules HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                    Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        stream.write_all(head.as_bytes()).await.expect("write");
+        let chunk = "x".repeat(4096);
+        for _ in 0..5 {
+            let framed = format!("{:x}\r\n{chunk}\r\n", chunk.len());
+            if stream.write_all(framed.as_bytes()).await.is_err() {
+                break; // the server may hang up once it has answered
+            }
+        }
+        let _ = stream.write_all(b"0\r\n\r\n").await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("answer in time");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("larger than 16384 bytes"), "{answer}");
+    assert!(!f.path.exists());
+
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+}
