@@ -1,0 +1,209 @@
+//! Bad input against the real daemon: each gets its clear error, and the daemon keeps
+//! serving. Loopback only, a handful of connections.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use common::daemon::{Daemon, curl};
+use common::socks::{self, Answer, Target};
+
+const USER: (&str, &str) = ("alice", "s3cret");
+
+fn daemon_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mptcp-socksd"))
+}
+
+/// A local echo server for one connection at a time, until the test ends.
+fn echo_server() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+    let addr = listener.local_addr().expect("echo addr");
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(16) {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = conn.read(&mut buf) {
+                if conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    addr
+}
+
+fn still_serves(daemon: &Daemon, echo: SocketAddr) {
+    let mut stream = socks::connect(daemon.socks, Target::Addr(echo), Some(USER))
+        .expect("a good client is still served");
+    stream.write_all(b"ping").expect("write");
+    let mut buf = [0u8; 4];
+    stream.read_exact(&mut buf).expect("echo");
+    assert_eq!(&buf, b"ping");
+}
+
+fn fresh(daemon: &Daemon) -> TcpStream {
+    TcpStream::connect(daemon.socks).expect("connect to the proxy")
+}
+
+#[test]
+fn bad_clients_get_their_error_and_the_daemon_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules");
+    std::fs::write(&rules, "127.0.0.1,0,default,default,\n.\n").expect("write rules");
+    let mut cmd = daemon_bin();
+    cmd.args(["-i", "127.0.0.1", "-p", "0", "--api", "127.0.0.1:0"])
+        .args(["-u", USER.0, "-P", USER.1])
+        .arg("--policy")
+        .arg(&rules);
+    let daemon = Daemon::start(cmd, true).expect("daemon starts");
+    let echo = echo_server();
+    still_serves(&daemon, echo);
+
+    // A garbage greeting (an HTTP request) is dropped without a reply.
+    let mut s = fresh(&daemon);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    assert!(socks::closed_within(&mut s, Duration::from_secs(5)));
+    still_serves(&daemon, echo);
+
+    // A wrong password gets the RFC 1929 failure status and a closed connection.
+    let mut s = fresh(&daemon);
+    let answer = socks::request(&mut s, Target::Addr(echo), Some((USER.0, "wrong")), 1);
+    assert!(
+        matches!(answer, Ok(Answer::AuthRefused(status)) if status != 0),
+        "{answer:?}"
+    );
+    assert!(socks::closed_within(&mut s, Duration::from_secs(5)));
+
+    // No password offered when one is required: no acceptable method (0xFF).
+    let mut s = fresh(&daemon);
+    let answer = socks::request(&mut s, Target::Addr(echo), None, 1);
+    assert!(
+        matches!(answer, Ok(Answer::AuthRefused(0xFF))),
+        "{answer:?}"
+    );
+
+    // BIND and an undefined command: 0x07, command not supported.
+    for command in [2u8, 9] {
+        let mut s = fresh(&daemon);
+        let answer = socks::request(&mut s, Target::Addr(echo), Some(USER), command);
+        assert!(
+            matches!(answer, Ok(Answer::Reply(7))),
+            "command {command}: {answer:?}"
+        );
+        assert!(socks::closed_within(&mut s, Duration::from_secs(5)));
+    }
+
+    // A name that does not exist: 0x04, host unreachable.
+    let mut s = fresh(&daemon);
+    let answer = socks::request(
+        &mut s,
+        Target::Name("no-such-host.invalid", 80),
+        Some(USER),
+        1,
+    );
+    assert!(matches!(answer, Ok(Answer::Reply(4))), "{answer:?}");
+    still_serves(&daemon, echo);
+
+    // Malformed REST bodies: 400 for broken JSON, 422 for a bad value, a message each,
+    // and the rule file untouched.
+    let before = std::fs::read_to_string(&rules).expect("read rules");
+    for (body, status, needle) in [
+        (r#"{"enable": "1", "ip": "#, 400, "JSON"),
+        (r#"{"enable": "1", "ip": "10.0.0.300"}"#, 422, "10.0.0.300"),
+        (r#"{"enable": "yes", "ip": "10.0.0.3"}"#, 422, "yes"),
+        (
+            r#"{"enable": "1", "ip": "10.0.0.3", "scheduler": "fastest"}"#,
+            422,
+            "fastest",
+        ),
+    ] {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-X", "POST", "--json", body])
+            .arg(daemon.api_url("/rules"));
+        let (got, answer) = curl(cmd).expect("curl");
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(
+            answer.contains("\"error\"") && answer.contains(needle),
+            "{body}: {answer}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&rules).expect("read rules"), before);
+
+    // A hand edit with a bad line: reported with its line number, last good policy kept.
+    std::fs::write(
+        &rules,
+        "127.0.0.1,1,default,default,\n127.0.0.2,1,default,fullmesh,sometimes,\n.\n",
+    )
+    .expect("write broken rules");
+    assert!(
+        daemon.wait_for_log("line 2", Duration::from_secs(10)),
+        "no log line naming line 2 of the broken file"
+    );
+    let (status, health) = curl({
+        let mut c = Command::new("curl");
+        c.arg(daemon.api_url("/health"));
+        c
+    })
+    .expect("curl health");
+    assert_eq!(status, 200);
+    assert!(
+        health.contains("line 2") || health.contains("\"line\":2"),
+        "{health}"
+    );
+    let (_, listed) = curl({
+        let mut c = Command::new("curl");
+        c.arg(daemon.api_url("/rules"));
+        c
+    })
+    .expect("curl rules");
+    assert!(
+        listed.contains(r#""enable":false"#),
+        "last good policy not kept: {listed}"
+    );
+    still_serves(&daemon, echo);
+}
+
+#[test]
+fn the_daemon_refuses_to_start_on_a_broken_rule_file_naming_the_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules");
+    std::fs::write(
+        &rules,
+        "# ok\n10.0.0.1,1,default,default,\n10.0.0.2,1,default\n.\n",
+    )
+    .expect("write rules");
+    let out = daemon_bin()
+        .args(["-i", "127.0.0.1", "-p", "0", "--api", "off", "--policy"])
+        .arg(&rules)
+        .output()
+        .expect("run daemon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("line 3"), "{stderr}");
+}
+
+#[test]
+fn an_api_beyond_loopback_needs_a_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = daemon_bin()
+        .args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--api",
+            "0.0.0.0:0",
+            "--policy",
+        ])
+        .arg(dir.path().join("rules"))
+        .env_remove("MPTCP_SOCKS_API_TOKEN")
+        .output()
+        .expect("run daemon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--api-token"), "{stderr}");
+}

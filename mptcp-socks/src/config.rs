@@ -1,0 +1,144 @@
+//! Server configuration, with microsocks-compatible authentication semantics.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::stats::Stats;
+
+/// Username and password a client must present (RFC 1929).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Auth {
+    username: String,
+    password: String,
+}
+
+impl Auth {
+    /// Credentials clients must send with the username/password method.
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// The expected username.
+    #[must_use]
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// Checks both fields in full (no early exit on the first differing byte), so the time
+    /// taken tells a remote guesser little about how much of the password was right.
+    pub(crate) fn matches(&self, username: &str, password: &str) -> bool {
+        let user_ok = constant_time_eq(self.username.as_bytes(), username.as_bytes());
+        let pass_ok = constant_time_eq(self.password.as_bytes(), password.as_bytes());
+        user_ok & pass_ok
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    diff == 0
+}
+
+// The password must never end up in a log line.
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// How the server treats clients and opens outbound connections.
+///
+/// Build it from [`ServerConfig::default`] and set the fields you need:
+///
+/// ```
+/// use std::time::Duration;
+/// use mptcp_socks::{Auth, ServerConfig};
+///
+/// let config = ServerConfig {
+///     auth: Some(Auth::new("user", "secret")),
+///     auth_once: true,
+///     connect_timeout: Duration::from_secs(5),
+///     ..ServerConfig::default()
+/// };
+/// assert!(config.allow_list.is_empty());
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Credentials required from clients; `None` lets everyone in without authentication.
+    pub auth: Option<Auth>,
+    /// Once a client IP has authenticated with username/password, let it use the proxy
+    /// without authentication from then on (microsocks `-1`), for clients that cannot be
+    /// configured with credentials but can be made to authenticate once.
+    pub auth_once: bool,
+    /// Client IPs that may skip authentication when [`ServerConfig::auth`] is set
+    /// (microsocks `-w`). Without `auth` every client is already let in, so it has no effect.
+    pub allow_list: HashSet<IpAddr>,
+    /// Local address to bind outbound sockets to before connecting (microsocks `-b`), to
+    /// pick the uplink. Used only for destinations of the same address family.
+    pub bind_addr: Option<IpAddr>,
+    /// Time a client gets for greeting, authentication and request together; a client that
+    /// stalls longer is dropped so it cannot hold a task and a socket forever.
+    pub handshake_timeout: Duration,
+    /// Time allowed for each outbound connect attempt and for resolving a name.
+    pub connect_timeout: Duration,
+    /// How many resolved addresses are tried, alternating address families, before the
+    /// request fails; bounds the time a request to a dead host can take.
+    pub max_connect_attempts: usize,
+    /// How long in-flight connections may continue after shutdown was requested.
+    pub shutdown_grace: Duration,
+    /// Counters updated by the server; clone it before handing the config over to read them.
+    pub stats: Stats,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            auth: None,
+            auth_once: false,
+            allow_list: HashSet::new(),
+            bind_addr: None,
+            handshake_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            max_connect_attempts: 4,
+            shutdown_grace: Duration::from_secs(5),
+            stats: Stats::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_must_match_exactly() {
+        let auth = Auth::new("user", "secret");
+        let table = [
+            ("user", "secret", true),
+            ("user", "secret2", false),
+            ("user", "secre", false),
+            ("user", "", false),
+            ("User", "secret", false),
+            ("", "secret", false),
+        ];
+        for (user, pass, ok) in table {
+            assert_eq!(auth.matches(user, pass), ok, "{user:?} {pass:?}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let shown = format!("{:?}", Auth::new("user", "secret"));
+        assert!(!shown.contains("secret"), "{shown}");
+    }
+}

@@ -1,0 +1,115 @@
+//! The accept loop survives running out of file descriptors (EMFILE).
+//!
+//! A test binary of its own: it lowers the process's descriptor limit, which would disturb
+//! tests running in parallel threads of the same process.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use mptcp_socks::{PolicyHandle, ServerConfig, serve};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+fn nofile() -> Result<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    ensure!(rc == 0, "getrlimit: {}", std::io::Error::last_os_error());
+    Ok(limit)
+}
+
+fn set_nofile(limit: libc::rlimit) -> Result<()> {
+    // SAFETY: setrlimit only reads the struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    ensure!(rc == 0, "setrlimit: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+fn open_fds() -> Result<u64> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.count().try_into()?)
+}
+
+async fn socks_connect_ok(proxy: std::net::SocketAddr, target: std::net::SocketAddr) -> Result<()> {
+    let mut stream = TcpStream::connect(proxy).await?;
+    stream.write_all(&[0x05, 0x01, 0x00]).await?;
+    let mut answer = [0u8; 2];
+    stream.read_exact(&mut answer).await?;
+    ensure!(answer == [0x05, 0x00], "greeting {answer:?}");
+    let std::net::IpAddr::V4(ip) = target.ip() else {
+        anyhow::bail!("IPv4 target expected");
+    };
+    let mut msg = vec![0x05, 0x01, 0x00, 0x01];
+    msg.extend_from_slice(&ip.octets());
+    msg.extend_from_slice(&target.port().to_be_bytes());
+    stream.write_all(&msg).await?;
+    let mut reply = [0u8; 10];
+    stream.read_exact(&mut reply).await?;
+    ensure!(reply[1] == 0x00, "reply {:#x}", reply[1]);
+    stream.write_all(b"ping").await?;
+    let mut back = [0u8; 4];
+    stream.read_exact(&mut back).await?;
+    ensure!(&back == b"ping");
+    Ok(())
+}
+
+#[tokio::test]
+async fn server_keeps_serving_after_running_out_of_descriptors() -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        let target = TcpListener::bind("127.0.0.1:0").await?;
+        let target_addr = target.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = target.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let proxy = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = ServerConfig {
+            shutdown_grace: Duration::from_millis(200),
+            ..ServerConfig::default()
+        };
+        let server = tokio::spawn(serve(listener, config, PolicyHandle::default(), async {
+            let _ = stopped.await;
+        }));
+        socks_connect_ok(proxy, target_addr).await?;
+
+        // Leave room for a few client sockets but not for the server's accepted ones too.
+        let original = nofile()?;
+        set_nofile(libc::rlimit {
+            rlim_cur: open_fds()? + 4,
+            rlim_max: original.rlim_max,
+        })?;
+        let mut clients = Vec::new();
+        for _ in 0..8 {
+            if let Ok(stream) = TcpStream::connect(proxy).await {
+                clients.push(stream);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        drop(clients);
+        set_nofile(original)?;
+
+        ensure!(!server.is_finished(), "server stopped after EMFILE");
+        socks_connect_ok(proxy, target_addr)
+            .await
+            .context("no service after EMFILE")?;
+        let _ = stop.send(());
+        server.await??;
+        Ok(())
+    })
+    .await
+    .context("test did not finish in time")?
+}
