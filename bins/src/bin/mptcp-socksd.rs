@@ -21,7 +21,7 @@ use tracing_subscriber::EnvFilter;
 /// A SOCKS5 proxy that opens outbound connections as Multipath TCP or plain TCP, per
 /// destination, as the rule file says.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Address to listen on for SOCKS5 clients.
     #[arg(short = 'i', long = "listen", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
