@@ -26,7 +26,8 @@
 //! 2. **enable**: `1` to open the connection with MPTCP (falling back to TCP where the
 //!    kernel or the server cannot), `0` for plain TCP;
 //! 3. **scheduler**: `default`, `roundrobin` or `redundant`;
-//! 4. **path manager**: `default`, `fullmesh`, `ndiffports` or `binder`.
+//! 4. **path manager**: `default`, `fullmesh`, `ndiffports` (`ndiffports:N` for N
+//!    subflows, 1 to 8; 2 without a count) or `binder`.
 //!
 //! Beyond the original format: `#` starts a comment, blank lines are ignored, the trailing
 //! comma and the final `.` are optional, keywords are case-insensitive. Each destination
@@ -77,16 +78,19 @@
 //! After connecting, [`transport`] tells MPTCP, fallback and plain TCP apart and
 //! [`mptcp_info`] reads the subflow count.
 
+mod effect;
 mod error;
 mod kernel;
 mod policy;
 mod rule;
 mod sys;
 
+pub use effect::{Limitation, PmMode, limitations};
 pub use error::{Error, Field};
 pub use kernel::{Flavour, KernelSupport};
 pub use policy::{Match, Policy};
 pub use rule::{Destination, DomainName, IpPrefix, PathManager, Rule, Scheduler, Settings};
 pub use sys::{
-    MptcpInfo, Opened, Transport, fallback_count, is_mptcp, mptcp_info, open_outbound, transport,
+    MptcpInfo, Opened, SubflowInfo, Transport, fallback_count, is_mptcp, mptcp_info, open_outbound,
+    subflows, transport,
 };

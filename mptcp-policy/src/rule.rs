@@ -310,20 +310,101 @@ keyword_enum!(
     }
 );
 
-keyword_enum!(
-    /// The MPTCP path manager a rule asks for.
-    PathManager, Field::PathManager, {
-        /// The kernel's default path manager.
-        #[default]
-        Default = "default",
-        /// A subflow between every pair of local and remote addresses.
-        Fullmesh = "fullmesh",
-        /// Several subflows over the same pair of addresses, different ports.
-        Ndiffports = "ndiffports",
-        /// Legacy kernel only: loose source routing over gateways.
-        Binder = "binder",
+/// The MPTCP path manager a rule asks for: which subflows a connection gets.
+///
+/// Written as in the seed (`default`, `fullmesh`, `ndiffports`, `binder`), plus
+/// `ndiffports:N` for N subflows over the same pair of addresses (`ndiffports` alone
+/// means [`PathManager::DEFAULT_NDIFFPORTS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[non_exhaustive]
+pub enum PathManager {
+    /// The kernel's default: one subflow from each local address the operator made
+    /// available (`ip mptcp endpoint ... subflow`).
+    #[default]
+    Default,
+    /// A subflow between every local and every remote address.
+    Fullmesh,
+    /// Several subflows over the same pair of addresses, from different ports: `None`
+    /// when written without a count.
+    Ndiffports(Option<u8>),
+    /// Legacy kernel only: loose source routing over gateways.
+    Binder,
+}
+
+impl PathManager {
+    /// Every kind, in the order the seed lists them.
+    pub const ALL: &'static [PathManager] = &[
+        PathManager::Default,
+        PathManager::Fullmesh,
+        PathManager::Ndiffports(None),
+        PathManager::Binder,
+    ];
+
+    /// Subflows `ndiffports` opens when the rule gives no count (the legacy kernel's
+    /// `mptcp_ndiffports` default).
+    pub const DEFAULT_NDIFFPORTS: u8 = 2;
+
+    /// The most subflows `ndiffports:N` may ask for: the kernel caps subflows per
+    /// connection at 8 (`ip mptcp limits`).
+    pub const MAX_NDIFFPORTS: u8 = 8;
+
+    /// The kind's name, without a count: `default`, `fullmesh`, `ndiffports`, `binder`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathManager::Default => "default",
+            PathManager::Fullmesh => "fullmesh",
+            PathManager::Ndiffports(_) => "ndiffports",
+            PathManager::Binder => "binder",
+        }
     }
-);
+
+    /// For `ndiffports`, how many subflows over the same address pair.
+    pub fn ndiffports(self) -> Option<u8> {
+        match self {
+            PathManager::Ndiffports(n) => Some(n.unwrap_or(Self::DEFAULT_NDIFFPORTS)),
+            _ => None,
+        }
+    }
+}
+
+impl FromStr for PathManager {
+    type Err = Error;
+
+    fn from_str(input: &str) -> Result<Self, Error> {
+        let (kind, count) = match input.split_once(':') {
+            Some((kind, count)) => (kind, Some(count)),
+            None => (input, None),
+        };
+        let bad = |reason: String| Error::invalid(Field::PathManager, input, reason);
+        let pm = PathManager::ALL
+            .iter()
+            .copied()
+            .find(|v| v.as_str().eq_ignore_ascii_case(kind))
+            .ok_or_else(|| {
+                bad("expected one of default, fullmesh, ndiffports, ndiffports:N, binder".into())
+            })?;
+        match (pm, count) {
+            (_, None) => Ok(pm),
+            (PathManager::Ndiffports(_), Some(count)) => match count.parse::<u8>() {
+                Ok(n @ 1..=Self::MAX_NDIFFPORTS) => Ok(PathManager::Ndiffports(Some(n))),
+                _ => Err(bad(format!(
+                    "the subflow count of ndiffports:N must be 1 to {}",
+                    Self::MAX_NDIFFPORTS
+                ))),
+            },
+            (_, Some(_)) => Err(bad(format!("only ndiffports takes a count, not {kind}"))),
+        }
+    }
+}
+
+impl fmt::Display for PathManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathManager::Ndiffports(Some(n)) => write!(f, "ndiffports:{n}"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
 
 /// How connections to a destination are opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -19,6 +19,10 @@ const SOL_MPTCP: libc::c_int = 284;
 const MPTCP_INFO: libc::c_int = 1;
 /// `TCP_IS_MPTCP` from linux/tcp.h (Linux 6.10+).
 const TCP_IS_MPTCP: libc::c_int = 43;
+/// `MPTCP_TCPINFO` from linux/mptcp.h (5.16+): `struct tcp_info` per subflow.
+const MPTCP_TCPINFO: libc::c_int = 2;
+/// `MPTCP_SUBFLOW_ADDRS` from linux/mptcp.h (5.16+): local and remote address per subflow.
+const MPTCP_SUBFLOW_ADDRS: libc::c_int = 3;
 
 /// Socket options of the legacy multipath-tcp.org kernel, all at level `SOL_TCP`.
 pub(crate) mod legacy {
@@ -342,6 +346,168 @@ pub fn is_mptcp(socket: &impl AsFd) -> io::Result<Option<bool>> {
     }
 }
 
+/// `struct mptcp_subflow_data`: the header the subflow-array options read and write.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct SubflowData {
+    size_subflow_data: u32,
+    num_subflows: u32,
+    size_kernel: u32,
+    size_user: u32,
+}
+
+/// `struct mptcp_subflow_addrs`: two unions the size of `sockaddr_storage`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SubflowAddrs {
+    local: libc::sockaddr_storage,
+    remote: libc::sockaddr_storage,
+}
+
+/// One subflow of a live MPTCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubflowInfo {
+    /// The local end: which of this host's addresses (so which link) carries it.
+    pub local: SocketAddr,
+    /// The remote end.
+    pub remote: SocketAddr,
+    /// Bytes this subflow sent that the peer acknowledged (`tcpi_bytes_acked`).
+    pub bytes_acked: u64,
+    /// Bytes this subflow received (`tcpi_bytes_received`).
+    pub bytes_received: u64,
+    /// Smoothed round-trip time in microseconds.
+    pub rtt_us: u32,
+}
+
+/// Reads a subflow-array option (`MPTCP_SUBFLOW_ADDRS`, `MPTCP_TCPINFO`): a header and
+/// one `T` per subflow. `Ok(None)` when the socket is not MPTCP (or the kernel is older
+/// than 5.16).
+///
+/// # Safety
+/// `T` must be plain old data for which all zeroes, and any bytes the kernel writes for
+/// this option, are valid.
+unsafe fn subflow_array<T: Copy>(
+    socket: &impl AsFd,
+    name: libc::c_int,
+) -> io::Result<Option<Vec<T>>> {
+    let header = size_of::<SubflowData>();
+    let mut capacity = 8usize;
+    // Two rounds at most: the first tells how many subflows there are.
+    for _ in 0..2 {
+        let bytes = header + capacity * size_of::<T>();
+        // u64 words keep the buffer 8-aligned, as the kernel's header is.
+        let mut buf = vec![0u64; bytes.div_ceil(8)];
+        let head = SubflowData {
+            size_subflow_data: header as u32,
+            num_subflows: 0,
+            size_kernel: 0,
+            size_user: size_of::<T>() as u32,
+        };
+        // SAFETY: the buffer holds at least `header` bytes and is 8-aligned.
+        unsafe { buf.as_mut_ptr().cast::<SubflowData>().write(head) };
+        let mut len = bytes as libc::socklen_t;
+        // SAFETY: `buf` is `bytes` long and `len` says so.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_fd().as_raw_fd(),
+                SOL_MPTCP,
+                name,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            return if is_unsupported(&e) { Ok(None) } else { Err(e) };
+        }
+        // SAFETY: as above; the kernel filled the header.
+        let head = unsafe { buf.as_ptr().cast::<SubflowData>().read() };
+        let count = head.num_subflows as usize;
+        if count > capacity {
+            capacity = count;
+            continue;
+        }
+        let base = buf.as_ptr().cast::<u8>();
+        let items = (0..count)
+            .map(|i| {
+                // SAFETY: element i lies within the buffer (count <= capacity); the
+                // kernel wrote min(size_kernel, size_of::<T>()) bytes of it, the rest
+                // is zero; T accepts both (caller's contract). Unaligned read: the
+                // stride is size_of::<T>() after a 16-byte header.
+                unsafe {
+                    base.add(header + i * size_of::<T>())
+                        .cast::<T>()
+                        .read_unaligned()
+                }
+            })
+            .collect();
+        return Ok(Some(items));
+    }
+    Err(io::Error::other(
+        "subflows kept multiplying while being read",
+    ))
+}
+
+fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which is smaller.
+            let sin =
+                unsafe { *(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((
+                std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6, which is smaller.
+            let sin6 =
+                unsafe { *(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::from((
+                std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// The subflows of a live MPTCP connection: addresses, bytes and RTT of each, so a
+/// caller can show which links carry the traffic.
+///
+/// Returns `Ok(None)` for a socket that is not MPTCP (or a kernel older than 5.16,
+/// which lacks `MPTCP_SUBFLOW_ADDRS`).
+///
+/// # Errors
+/// Any other getsockopt failure.
+pub fn subflows(socket: &impl AsFd) -> io::Result<Option<Vec<SubflowInfo>>> {
+    // SAFETY: both types are plain integers and byte arrays.
+    let Some(addrs) = (unsafe { subflow_array::<SubflowAddrs>(socket, MPTCP_SUBFLOW_ADDRS)? })
+    else {
+        return Ok(None);
+    };
+    // SAFETY: as above.
+    let infos =
+        unsafe { subflow_array::<libc::tcp_info>(socket, MPTCP_TCPINFO)? }.unwrap_or_default();
+    Ok(Some(
+        addrs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let info = infos.get(i);
+                Some(SubflowInfo {
+                    local: socket_addr(&a.local)?,
+                    remote: socket_addr(&a.remote)?,
+                    bytes_acked: info.map_or(0, |t| t.tcpi_bytes_acked),
+                    bytes_received: info.map_or(0, |t| t.tcpi_bytes_received),
+                    rtt_us: info.map_or(0, |t| t.tcpi_rtt),
+                })
+            })
+            .collect(),
+    ))
+}
+
 /// What a connected socket carries, given how it was opened: MPTCP, MPTCP that fell
 /// back to TCP (server or path without MPTCP), or plain TCP.
 pub fn transport(socket: &impl AsFd, opened: Opened) -> Transport {
@@ -377,6 +543,8 @@ mod tests {
         assert_eq!(std::mem::offset_of!(RawMptcpInfo, subflows_total), 80);
         assert_eq!(std::mem::offset_of!(RawMptcpInfo, last_ack_recv), 92);
         assert_eq!(size_of::<RawMptcpInfo>(), 96);
+        assert_eq!(size_of::<SubflowData>(), 16);
+        assert_eq!(size_of::<SubflowAddrs>(), 256);
     }
 
     #[test]

@@ -41,7 +41,10 @@ fn rule() -> impl Strategy<Value = Rule> {
         destination(),
         any::<bool>(),
         proptest::sample::select(Scheduler::ALL),
-        proptest::sample::select(PathManager::ALL),
+        prop_oneof![
+            proptest::sample::select(PathManager::ALL),
+            (1..=PathManager::MAX_NDIFFPORTS).prop_map(|n| PathManager::Ndiffports(Some(n))),
+        ],
     )
         .prop_map(|(destination, mptcp, scheduler, path_manager)| Rule {
             destination,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use mptcp_policy::{
     Opened, PathManager, Scheduler, Settings, Transport, fallback_count, is_mptcp, mptcp_info,
-    open_outbound, transport,
+    open_outbound, subflows, transport,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -148,4 +148,131 @@ fn mptcp_disabled_in_the_namespace_falls_back_to_tcp_and_is_counted() {
         }
         Err(e) => panic!("CI needs root for a private network namespace: {e}"),
     }
+}
+
+/// Runs `f` on a thread in a fresh network namespace (commands it spawns land there
+/// too), or reports why that is impossible here.
+fn in_private_netns<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow_free::Result<T> + Send + 'static,
+) -> Option<T> {
+    let outcome = std::thread::spawn(move || {
+        // SAFETY: plain syscall; only this thread changes namespace.
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
+        }
+        f()
+    })
+    .join()
+    .expect("namespace thread panicked");
+    match outcome {
+        Ok(v) => Some(v),
+        Err(e) if std::env::var_os("CI").is_none() && e.starts_with("unshare") => {
+            eprintln!("skipping: cannot make a private network namespace here ({e})");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+mod anyhow_free {
+    pub type Result<T> = std::result::Result<T, String>;
+}
+
+fn run(cmd: &str) -> anyhow_free::Result<()> {
+    let args: Vec<&str> = cmd.split_whitespace().collect();
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+#[test]
+fn subflows_lists_each_subflow_with_its_addresses_and_bytes() {
+    if !upstream_mptcp_here() {
+        return;
+    }
+    let result = in_private_netns(|| {
+        for cmd in [
+            "ip link set lo up",
+            "ip addr add 10.77.0.1/32 dev lo",
+            "ip addr add 10.77.0.2/32 dev lo",
+            "ip mptcp limits set subflows 2 add_addr_accepted 2",
+            "ip mptcp endpoint add 10.77.0.2 dev lo subflow",
+        ] {
+            run(cmd)?;
+        }
+        let (addr, server) = listener_on("10.77.0.1:0");
+        let (socket, opened) = open_outbound(addr, &MPTCP_ON).map_err(|e| e.to_string())?;
+        assert_eq!(opened, Opened::Mptcp);
+        socket
+            .connect_timeout(&addr.into(), Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        let mut stream: TcpStream = socket.into();
+        // Extra subflows join once the connection is fully established: after data.
+        let data = vec![7u8; 1 << 20];
+        stream.write_all(&data).map_err(|e| e.to_string())?;
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = subflows(&stream)
+                .map_err(|e| e.to_string())?
+                .expect("MPTCP socket");
+            if found.len() >= 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let data = vec![7u8; 1 << 20];
+        stream.write_all(&data).map_err(|e| e.to_string())?;
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+        let received = server.join().expect("server thread");
+        let after = subflows(&stream)
+            .map_err(|e| e.to_string())?
+            .expect("MPTCP socket");
+        Ok((found, after, received))
+    });
+    let Some((found, after, received)) = result else {
+        return;
+    };
+    assert_eq!(received, 2 << 20);
+    let mut locals: Vec<String> = found.iter().map(|s| s.local.ip().to_string()).collect();
+    locals.sort();
+    assert_eq!(locals, ["10.77.0.1", "10.77.0.2"], "{found:?}");
+    assert!(
+        found
+            .iter()
+            .all(|s| s.remote.ip().to_string() == "10.77.0.1")
+    );
+    let acked: u64 = after.iter().map(|s| s.bytes_acked).sum();
+    assert!(
+        acked >= 1 << 20,
+        "subflows acked {acked} bytes of 1 MiB: {after:?}"
+    );
+}
+
+/// An MPTCP listener on `addr` that counts what one client sends until EOF.
+fn listener_on(addr: &str) -> (SocketAddr, std::thread::JoinHandle<u64>) {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::MPTCP)).expect("socket");
+    socket
+        .bind(&addr.parse::<SocketAddr>().expect("addr").into())
+        .expect("bind");
+    socket.listen(8).expect("listen");
+    let addr = socket
+        .local_addr()
+        .expect("local")
+        .as_socket()
+        .expect("inet");
+    let handle = std::thread::spawn(move || {
+        let (conn, _) = socket.accept().expect("accept");
+        let mut conn: TcpStream = conn.into();
+        let mut sink = Vec::new();
+        conn.read_to_end(&mut sink).expect("read") as u64
+    });
+    (addr, handle)
 }
