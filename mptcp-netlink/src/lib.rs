@@ -1,0 +1,1 @@
+//! Client for the MPTCP path-manager netlink family: being written.
