@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::registry::Connections;
 use crate::stats::Stats;
 
 /// Username and password a client must present (RFC 1929).
@@ -98,6 +99,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Counters updated by the server; clone it before handing the config over to read them.
     pub stats: Stats,
+    /// The live connections; clone it before handing the config over to list them.
+    pub connections: Connections,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             max_connect_attempts: 4,
             shutdown_grace: Duration::from_secs(5),
             stats: Stats::default(),
+            connections: Connections::default(),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fast_socks5::ReplyError;
 use fast_socks5::util::target_addr::TargetAddr;
-use mptcp_policy::{Opened, Policy, Settings, Transport};
+use mptcp_policy::{Destination, Opened, Policy, Settings, Transport};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::ServerConfig;
@@ -18,10 +18,11 @@ pub(crate) struct Outbound {
     pub(crate) stream: TcpStream,
     pub(crate) addr: SocketAddr,
     /// Destination of the matched rule, `None` for the built-in default.
-    pub(crate) rule: Option<String>,
+    pub(crate) rule: Option<Destination>,
+    pub(crate) settings: Settings,
     pub(crate) transport: Transport,
-    /// Subflows of the MPTCP connection, when the kernel reports them.
-    pub(crate) subflows: Option<u8>,
+    /// The MPTCP connection token, when MPTCP.
+    pub(crate) token: Option<u32>,
 }
 
 /// The request's target as the client named it.
@@ -92,13 +93,14 @@ pub(crate) async fn connect(
         {
             Ok((stream, opened)) => {
                 let transport = mptcp_policy::transport(&stream, opened);
-                let subflows = subflows(&stream, transport);
+                let token = token(&stream, transport);
                 return Ok(Outbound {
                     stream,
                     addr,
-                    rule: matched.rule.map(|rule| rule.destination.to_string()),
+                    rule: matched.rule.map(|rule| rule.destination.clone()),
+                    settings: matched.settings,
                     transport,
-                    subflows,
+                    token,
                 });
             }
             Err(err) => {
@@ -150,12 +152,12 @@ async fn attempt(
     Ok((stream, opened))
 }
 
-fn subflows(stream: &TcpStream, transport: Transport) -> Option<u8> {
+fn token(stream: &TcpStream, transport: Transport) -> Option<u32> {
     if !matches!(transport, Transport::Mptcp) {
         return None;
     }
     match mptcp_policy::mptcp_info(stream) {
-        Ok(Some(info)) => Some(info.subflow_count()),
+        Ok(Some(info)) => Some(info.token),
         Ok(None) => None,
         Err(err) => {
             tracing::debug!(error = %err, "cannot read MPTCP_INFO");

@@ -15,7 +15,8 @@
 //! - The policy can be swapped ([`PolicyHandle::store`]) or edited in place
 //!   ([`PolicyHandle::update`]) at run time; each connection reads it once, at its connect
 //!   step, so changes apply from the next connection and never disturb open ones.
-//! - Connection counters for observability: [`ServerConfig::stats`].
+//! - Connection counters for observability: [`ServerConfig::stats`]; the live
+//!   connections with their subflows: [`ServerConfig::connections`].
 //!
 //! # Example
 //!
@@ -38,6 +39,7 @@ mod config;
 mod connect;
 mod error;
 mod policy_handle;
+mod registry;
 mod resolve;
 mod server;
 mod stats;
@@ -46,5 +48,6 @@ pub use config::{Auth, ServerConfig};
 pub use error::Error;
 pub use fast_socks5::ReplyError;
 pub use policy_handle::PolicyHandle;
+pub use registry::{Connection, Connections};
 pub use server::serve;
 pub use stats::{Stats, StatsSnapshot};

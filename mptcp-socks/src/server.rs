@@ -5,7 +5,9 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
+
+use mptcp_policy::{SubflowInfo, Transport};
 
 use fast_socks5::Socks5Command;
 use fast_socks5::server::{
@@ -20,6 +22,7 @@ use crate::config::{Auth, ServerConfig};
 use crate::connect::{Target, connect};
 use crate::error::Error;
 use crate::policy_handle::PolicyHandle;
+use crate::registry::Connection;
 use crate::resolve::NameResolver;
 
 /// Buffer per relay direction. Measured on this kind of host: 8 KiB buffers cost about a
@@ -214,34 +217,98 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
     drop(policy);
 
     shared.config.stats.connected(outbound.transport);
+    let bound = outbound.stream.local_addr()?;
+    let registration = shared.config.connections.register(
+        Connection {
+            id: 0,
+            client,
+            target: target_addr.to_string(),
+            remote: outbound.addr,
+            local: bound,
+            rule: outbound.rule.clone(),
+            settings: outbound.settings,
+            transport: outbound.transport,
+            token: outbound.token,
+            since: SystemTime::now(),
+            subflows: Vec::new(),
+        },
+        &outbound.stream,
+    )?;
+    let rule = outbound
+        .rule
+        .as_ref()
+        .map_or_else(|| "default".to_owned(), ToString::to_string);
     tracing::info!(
+        id = registration.id(),
         %client,
         target = %target_addr,
         addr = %outbound.addr,
-        rule = outbound.rule.as_deref().unwrap_or("default"),
+        rule,
         transport = %outbound.transport,
-        subflows = outbound.subflows,
         "connected"
     );
-    let bound = outbound.stream.local_addr()?;
+    let started = Instant::now();
     let mut inbound = proto.reply_success(bound).await?;
     let mut outbound_stream = outbound.stream;
-    match tokio::io::copy_bidirectional_with_sizes(
+    let relayed = tokio::io::copy_bidirectional_with_sizes(
         &mut inbound,
         &mut outbound_stream,
         RELAY_BUFFER,
         RELAY_BUFFER,
     )
-    .await
-    {
-        Ok((up, down)) => {
-            tracing::debug!(%client, target = %target_addr, up, down, "relay finished");
-        }
-        Err(err) => {
-            tracing::debug!(%client, target = %target_addr, error = %err, "relay ended with error");
-        }
+    .await;
+    // Read before the socket closes: which links carried this connection.
+    let paths = if outbound.transport == Transport::Mptcp {
+        mptcp_policy::subflows(&outbound_stream)
+            .ok()
+            .flatten()
+            .map(|subflows| describe_subflows(&subflows))
+    } else {
+        None
+    };
+    let id = registration.id();
+    drop(registration);
+    let seconds = started.elapsed().as_secs_f64();
+    match relayed {
+        Ok((up, down)) => tracing::info!(
+            id,
+            %client,
+            target = %target_addr,
+            up,
+            down,
+            seconds,
+            subflows = paths.as_deref(),
+            "closed"
+        ),
+        Err(err) => tracing::info!(
+            id,
+            %client,
+            target = %target_addr,
+            seconds,
+            subflows = paths.as_deref(),
+            error = %err,
+            "relay ended with an error"
+        ),
     }
     Ok(())
+}
+
+/// `10.0.1.1->10.0.1.2:80 8.1 MB, 10.0.2.1->10.0.1.2:80 8.4 MB`: what each subflow carried,
+/// in both directions.
+fn describe_subflows(subflows: &[SubflowInfo]) -> String {
+    subflows
+        .iter()
+        .map(|s| {
+            let bytes = s.bytes_acked + s.bytes_received;
+            format!(
+                "{}->{} {:.1} MB",
+                s.local.ip(),
+                s.remote,
+                bytes as f64 / 1e6
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Greeting, authentication and request, up to the point where the connect step begins.

@@ -684,3 +684,48 @@ async fn shutdown_stops_accepting_and_drops_connections_after_the_grace_period()
     })
     .await
 }
+
+#[tokio::test]
+async fn live_connections_are_listed_with_rule_token_and_subflows_until_closed() -> Result<()> {
+    bounded(async {
+        let (server, mut accepted) = mptcp_server()?;
+        let policy = PolicyHandle::new(format!("{},1,default,default,\n.\n", server.ip()).parse()?);
+        let config = config();
+        let connections = config.connections.clone();
+        let proxy = Proxy::start(config, policy).await?;
+        ensure!(connections.is_empty());
+
+        let (mut stream, code) = connect_via(&proxy, &addr_bytes(server)).await?;
+        ensure!(code == 0x00, "reply {code:#x}");
+        assert_echo(&mut stream, 4).await?;
+        accepted.recv().await.context("server gone")?;
+
+        let list = connections.list();
+        ensure!(list.len() == 1, "{list:?}");
+        let c = &list[0];
+        ensure!(
+            c.remote == server && c.target == server.to_string(),
+            "{c:?}"
+        );
+        ensure!(c.rule.as_ref().map(ToString::to_string) == Some(server.ip().to_string()));
+        ensure!(c.transport == mptcp_policy::Transport::Mptcp, "{c:?}");
+        let token = c.token.context("an MPTCP connection has a token")?;
+        ensure!(connections.by_token(token).map(|b| b.id) == Some(c.id));
+        ensure!(
+            c.subflows.len() == 1 && c.subflows[0].remote == server,
+            "one subflow on loopback: {:?}",
+            c.subflows
+        );
+
+        drop(stream);
+        for _ in 0..100 {
+            if connections.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ensure!(connections.is_empty(), "closed connection still listed");
+        proxy.stop().await
+    })
+    .await
+}
