@@ -91,6 +91,6 @@ pub use kernel::{Flavour, KernelSupport};
 pub use policy::{Match, Policy};
 pub use rule::{Destination, DomainName, IpPrefix, PathManager, Rule, Scheduler, Settings};
 pub use sys::{
-    MptcpInfo, Opened, SubflowInfo, Transport, fallback_count, is_mptcp, mptcp_info, open_outbound,
-    subflows, transport,
+    MptcpInfo, Opened, SubflowInfo, Transport, fallback_count, is_mptcp, local_address_up,
+    mptcp_info, open_outbound, subflows, transport,
 };

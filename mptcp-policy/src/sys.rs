@@ -508,6 +508,61 @@ pub fn subflows(socket: &impl AsFd) -> io::Result<Option<Vec<SubflowInfo>>> {
     ))
 }
 
+/// Whether the interface holding local address `addr` is up and running (carrier
+/// present), or `None` if no interface of this network namespace has the address.
+/// A path manager uses it to tell a dead uplink from a slow one.
+///
+/// # Errors
+/// When the interface list cannot be read (`getifaddrs`).
+pub fn local_address_up(addr: std::net::IpAddr) -> io::Result<Option<bool>> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates the list and stores its head in `list`.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut found = None;
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, freed only below.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_addr points to a sockaddr whose family tells its real size;
+        // socket_addr reads only as much as the family says.
+        let family = libc::c_int::from(unsafe { (*entry.ifa_addr).sa_family });
+        if family != libc::AF_INET && family != libc::AF_INET6 {
+            continue;
+        }
+        let mut storage: libc::sockaddr_storage =
+            // SAFETY: all-zero is a valid sockaddr_storage.
+            unsafe { std::mem::zeroed() };
+        let len = if family == libc::AF_INET {
+            size_of::<libc::sockaddr_in>()
+        } else {
+            size_of::<libc::sockaddr_in6>()
+        };
+        // SAFETY: the source holds `len` bytes for this family; the target is larger.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                entry.ifa_addr.cast::<u8>(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                len,
+            );
+        }
+        if socket_addr(&storage).map(|a| a.ip()) == Some(addr) {
+            let flags = entry.ifa_flags;
+            let up = libc::IFF_UP as u32 | libc::IFF_RUNNING as u32;
+            found = Some(flags & up == up);
+            break;
+        }
+    }
+    // SAFETY: frees the list getifaddrs allocated; no reference into it survives.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(found)
+}
+
 /// What a connected socket carries, given how it was opened: MPTCP, MPTCP that fell
 /// back to TCP (server or path without MPTCP), or plain TCP.
 pub fn transport(socket: &impl AsFd, opened: Opened) -> Transport {

@@ -5,8 +5,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use mptcp_policy::{
-    Opened, PathManager, Scheduler, Settings, Transport, fallback_count, is_mptcp, mptcp_info,
-    open_outbound, subflows, transport,
+    Opened, PathManager, Scheduler, Settings, Transport, fallback_count, is_mptcp,
+    local_address_up, mptcp_info, open_outbound, subflows, transport,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -275,4 +275,45 @@ fn listener_on(addr: &str) -> (SocketAddr, std::thread::JoinHandle<u64>) {
         conn.read_to_end(&mut sink).expect("read") as u64
     });
     (addr, handle)
+}
+
+#[test]
+fn local_address_up_follows_the_link() {
+    if !upstream_mptcp_here() {
+        return;
+    }
+    let states = in_private_netns(|| {
+        let mut states = Vec::new();
+        let addr: std::net::IpAddr = "10.78.0.1".parse().expect("ip");
+        states.push(local_address_up(addr).map_err(|e| e.to_string())?);
+        for cmd in [
+            "ip link add v0 type veth peer name v1",
+            "ip addr add 10.78.0.1/24 dev v0",
+            "ip link set v0 up",
+            "ip link set v1 up",
+        ] {
+            run(cmd)?;
+        }
+        states.push(local_address_up(addr).map_err(|e| e.to_string())?);
+        // The peer going down takes the carrier away: the link is up but not running.
+        run("ip link set v1 down")?;
+        states.push(local_address_up(addr).map_err(|e| e.to_string())?);
+        run("ip link set v1 up")?;
+        for _ in 0..100 {
+            if local_address_up(addr).map_err(|e| e.to_string())? == Some(true) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        states.push(local_address_up(addr).map_err(|e| e.to_string())?);
+        run("ip link set v0 down")?;
+        states.push(local_address_up(addr).map_err(|e| e.to_string())?);
+        Ok(states)
+    });
+    if let Some(states) = states {
+        assert_eq!(
+            states,
+            [None, Some(true), Some(false), Some(true), Some(false)]
+        );
+    }
 }
