@@ -43,6 +43,7 @@ mod registry;
 mod resolve;
 mod server;
 mod stats;
+mod userspace_pm;
 
 pub use config::{Auth, ServerConfig};
 pub use error::Error;
@@ -51,3 +52,4 @@ pub use policy_handle::PolicyHandle;
 pub use registry::{Connection, Connections};
 pub use server::serve;
 pub use stats::{Stats, StatsSnapshot};
+pub use userspace_pm::run_userspace_pm;
