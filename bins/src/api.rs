@@ -1,12 +1,15 @@
-//! The REST API that edits the policy and its rule file at runtime.
+//! The REST API that edits the policy and its rule file at runtime, and shows what takes
+//! effect on this host.
 //!
 //! | Method and path             | Does                                                       |
 //! |-----------------------------|------------------------------------------------------------|
-//! | `GET /rules`                | all rules, in file order                                   |
+//! | `GET /rules`                | all rules, in file order, each marked in effect or not     |
 //! | `POST /rules`               | create (201) or replace (200) the rule for the body's `ip` |
 //! | `GET /rules/{destination}`  | one rule (404 if none)                                     |
 //! | `PUT /rules/{destination}`  | create (201) or replace (200); the body may omit `ip`      |
 //! | `DELETE /rules/{destination}` | remove (204; 404 if none)                                |
+//! | `GET /capabilities`         | kernel flavour, MPTCP on/off, path-manager mode, schedulers, local addresses |
+//! | `GET /connections`          | the live relayed connections with their subflows           |
 //! | `GET /health`               | status, rule count, rule file, last reload error           |
 //!
 //! `{destination}` is the rule's first field: an address, a CIDR prefix, a name, a wildcard
@@ -19,24 +22,34 @@
 //! `path_manager` default to `"default"` when omitted (or `null`). Unknown fields are
 //! refused (400), so that a misspelt `"schedular"` does not silently fall back to the
 //! default. The values go through [`Rule::from_fields`], the rule file's own parser.
-//! Responses use the same keys, with `enable` as a boolean.
+//! Responses use the same keys, with `enable` as a boolean, plus `in_effect` and, when it
+//! is false, `not_in_effect`: the reasons, each naming the fix where there is one.
+//!
+//! A rule this host can never carry out is refused (422): a scheduler the kernel does not
+//! offer (`net.mptcp.available_schedulers`; the message names those it does), or `binder`
+//! on upstream Linux. A rule that a flag or a sysctl would make work (say `fullmesh`
+//! without `--path-manager userspace`) is stored and reported as not in effect. The rule
+//! file is not held to this: a file written for another host still loads, with a warning.
 //!
 //! Every error is JSON, `{"error": "..."}` (plus `"field"` when one field is at fault):
 //! 400 malformed body, 401 missing or wrong bearer token, 404 no such rule or route,
 //! 405 wrong method, 409 the rule file was broken by a hand edit, 413 body over
 //! [`BODY_LIMIT`], 415 a content type that is not JSON (a missing one, and curl's default form type or text with a JSON body, are accepted), 422 a
-//! well-formed body with an invalid value, 500 the rule file could not be written (then
-//! nothing changed).
+//! well-formed body with an invalid value or one this host refuses, 500 the rule file
+//! could not be written (then nothing changed).
 //!
 //! With a token, every route needs `Authorization: Bearer <token>`, except that
 //! `GET /health` answers without it, but then only with the status.
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use mptcp_policy::{Destination, Field, Rule};
+use mptcp_policy::{Destination, Field, Flavour, Limitation, Rule, limitations};
+use mptcp_socks::{Connection, Connections};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -45,12 +58,13 @@ use warp::path::Tail;
 use warp::reply::Response;
 use warp::{Buf, Filter, Rejection, Reply, Stream};
 
+use crate::host::{Host, LocalEndpoint};
 use crate::store::{ReloadError, RuleStore, StoreError};
 
 /// Largest request body accepted. A rule is well under 1 KiB.
 pub const BODY_LIMIT: usize = 16 * 1024;
 
-/// A rule as the API sends it, with the seed's keys.
+/// A rule as the API sends it, with the seed's keys, and whether it takes effect here.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleView {
     /// The destination: address, prefix, name, wildcard or `*`.
@@ -59,17 +73,30 @@ pub struct RuleView {
     pub enable: bool,
     /// `default`, `roundrobin` or `redundant`.
     pub scheduler: String,
-    /// `default`, `fullmesh`, `ndiffports` or `binder`.
+    /// `default`, `fullmesh`, `ndiffports[:N]` or `binder`.
     pub path_manager: String,
+    /// Whether everything the rule asks for happens on this host.
+    #[serde(default = "yes")]
+    pub in_effect: bool,
+    /// Why not, when `in_effect` is false: one reason per setting, with the fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_in_effect: Vec<String>,
 }
 
-impl From<&Rule> for RuleView {
-    fn from(rule: &Rule) -> Self {
+fn yes() -> bool {
+    true
+}
+
+impl RuleView {
+    /// `rule`, with what keeps it from taking effect (see [`mptcp_policy::limitations`]).
+    pub fn new(rule: &Rule, limitations: &[Limitation]) -> Self {
         RuleView {
             ip: rule.destination.to_string(),
             enable: rule.settings.mptcp,
             scheduler: rule.settings.scheduler.as_str().to_owned(),
-            path_manager: rule.settings.path_manager.as_str().to_owned(),
+            path_manager: rule.settings.path_manager.to_string(),
+            in_effect: limitations.is_empty(),
+            not_in_effect: limitations.iter().map(ToString::to_string).collect(),
         }
     }
 }
@@ -90,47 +117,296 @@ pub struct Health {
     pub last_reload_error: Option<ReloadError>,
 }
 
-/// The REST API over `store`, as a warp filter that answers every request (errors become
-/// JSON responses). `token`: if given, requests need `Authorization: Bearer <token>`.
+/// The answer of `GET /capabilities`: what this host offers the rules, now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// `upstream`, `legacy` (multipath-tcp.org) or `none`.
+    pub kernel: String,
+    /// Whether MPTCP sockets can be opened (`net.mptcp.enabled`).
+    pub mptcp_enabled: bool,
+    /// The daemon's mode: `in-kernel` or `userspace` (`mptcp-socksd --path-manager`).
+    pub path_manager_mode: String,
+    /// The namespace's path manager (`net.mptcp.path_manager`: `kernel`, `userspace`; on
+    /// the legacy kernel its default one).
+    pub kernel_path_manager: Option<String>,
+    /// The namespace's scheduler (`net.mptcp.scheduler`).
+    pub scheduler: Option<String>,
+    /// `net.mptcp.available_schedulers`.
+    pub available_schedulers: Vec<String>,
+    /// The local addresses subflows may use (`ip mptcp endpoint`).
+    pub local_addresses: Vec<LocalAddressView>,
+    /// What an operator should know about this combination (e.g. a mode the namespace
+    /// does not match).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// One address of the inventory, as `GET /capabilities` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalAddressView {
+    /// The kernel's address id.
+    pub id: u8,
+    /// The address.
+    pub addr: IpAddr,
+    /// `subflow`, `signal`, `backup`, `fullmesh`, ...
+    pub flags: Vec<String>,
+    /// The interface name, if the endpoint is bound to one that exists.
+    pub interface: Option<String>,
+    /// The interface index, if the endpoint is bound to one.
+    #[serde(default)]
+    pub ifindex: Option<u32>,
+}
+
+impl From<&LocalEndpoint> for LocalAddressView {
+    fn from(endpoint: &LocalEndpoint) -> Self {
+        LocalAddressView {
+            id: endpoint.id,
+            addr: endpoint.addr,
+            flags: endpoint.flags.clone(),
+            interface: endpoint.interface(),
+            ifindex: endpoint.ifindex,
+        }
+    }
+}
+
+/// One live connection, as `GET /connections` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionView {
+    /// Unique for the life of the daemon.
+    pub id: u64,
+    /// The SOCKS client.
+    pub client: SocketAddr,
+    /// The target as the client asked for it: `name:port` or `address:port`.
+    pub target: String,
+    /// The address the proxy connected to.
+    pub remote: SocketAddr,
+    /// The proxy's end of the first subflow.
+    pub local: SocketAddr,
+    /// The destination of the matching rule, or `"default"` when none matched.
+    pub rule: String,
+    /// `mptcp`, `fallback` (asked for MPTCP, got TCP) or `tcp`.
+    pub transport: String,
+    /// The MPTCP connection token.
+    pub token: Option<u32>,
+    /// Seconds since the outbound connection was established.
+    pub age_s: u64,
+    /// The subflows now; empty unless MPTCP.
+    pub subflows: Vec<SubflowView>,
+}
+
+/// One subflow of a live MPTCP connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubflowView {
+    /// This host's end: which address, so which link.
+    pub local: SocketAddr,
+    /// The server's end.
+    pub remote: SocketAddr,
+    /// Bytes sent on it and acknowledged by the server.
+    pub bytes_acked: u64,
+    /// Bytes received on it.
+    pub bytes_received: u64,
+    /// Smoothed round-trip time, in milliseconds.
+    pub rtt_ms: f64,
+}
+
+impl From<&Connection> for ConnectionView {
+    fn from(c: &Connection) -> Self {
+        ConnectionView {
+            id: c.id,
+            client: c.client,
+            target: c.target.clone(),
+            remote: c.remote,
+            local: c.local,
+            rule: c
+                .rule
+                .as_ref()
+                .map_or_else(|| "default".to_owned(), ToString::to_string),
+            transport: c.transport.as_str().to_owned(),
+            token: c.token,
+            age_s: SystemTime::now()
+                .duration_since(c.since)
+                .map_or(0, |age| age.as_secs()),
+            subflows: c
+                .subflows
+                .iter()
+                .map(|s| SubflowView {
+                    local: s.local,
+                    remote: s.remote,
+                    bytes_acked: s.bytes_acked,
+                    bytes_received: s.bytes_received,
+                    rtt_ms: f64::from(s.rtt_us) / 1000.0,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The REST API: the rule store, the host it judges rules against, the live connections
+/// it lists and the token it requires. Cheap to clone.
+///
+/// ```no_run
+/// # async fn daemon(store: mptcp_socks_bins::RuleStore, listener: tokio::net::TcpListener) {
+/// use mptcp_policy::PmMode;
+/// use mptcp_socks::{Connections, ServerConfig};
+/// use mptcp_socks_bins::{Api, Host, LocalAddresses};
+///
+/// let connections = Connections::default();
+/// let inventory = LocalAddresses::default(); // refreshed from `ip mptcp endpoint`
+/// let config = ServerConfig { connections: connections.clone(), ..ServerConfig::default() };
+/// Api::new(store)
+///     .token(Some("secret".into()))
+///     .host(Host::new(PmMode::InKernel).local_addresses(inventory))
+///     .connections(connections)
+///     .serve(listener, std::future::pending())
+///     .await;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Api {
+    store: RuleStore,
+    /// `None`: every request is authorized.
+    token: Option<Arc<str>>,
+    host: Host,
+    connections: Connections,
+}
+
+// The token must never end up in a log line.
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("store", &self.store)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("host", &self.host)
+            .field("connections", &self.connections.len())
+            .finish()
+    }
+}
+
+impl Api {
+    /// The API over `store`, without a token, judging rules against this host probed live
+    /// with the in-kernel path manager and an empty address inventory, listing no
+    /// connections.
+    pub fn new(store: RuleStore) -> Self {
+        Api {
+            store,
+            token: None,
+            host: Host::default(),
+            connections: Connections::default(),
+        }
+    }
+
+    /// Requires `Authorization: Bearer <token>` when `token` is given.
+    #[must_use]
+    pub fn token(mut self, token: Option<String>) -> Self {
+        self.token = token.map(Arc::from);
+        self
+    }
+
+    /// Judges rules against `host` and shows it in `GET /capabilities`.
+    #[must_use]
+    pub fn host(mut self, host: Host) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// Lists these connections (the SOCKS server's [`mptcp_socks::ServerConfig::connections`]).
+    #[must_use]
+    pub fn connections(mut self, connections: Connections) -> Self {
+        self.connections = connections;
+        self
+    }
+
+    /// The routes, as a warp filter that answers every request (errors become JSON
+    /// responses).
+    pub fn routes(
+        &self,
+    ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + use<> {
+        let token = self.token.clone();
+        let api = self.clone();
+        let with_api = warp::any().map(move || api.clone());
+
+        let rules = warp::path("rules")
+            .and(warp::path::tail())
+            .and(warp::method())
+            .and(require_token(token.clone()))
+            .and(warp::header::optional::<String>("content-type"))
+            .and(limited_body())
+            .and(with_api.clone())
+            .then(rules_handler);
+
+        let capabilities = warp::path("capabilities")
+            .and(warp::path::end())
+            .and(warp::method())
+            .and(require_token(token.clone()))
+            .and(with_api.clone())
+            .map(capabilities_handler);
+
+        let connections = warp::path("connections")
+            .and(warp::path::end())
+            .and(warp::method())
+            .and(require_token(token.clone()))
+            .and(with_api.clone())
+            .map(connections_handler);
+
+        let health = warp::path("health")
+            .and(warp::path::end())
+            .and(warp::method())
+            .and(has_token(token))
+            .and(with_api)
+            .map(health_handler);
+
+        rules
+            .or(capabilities)
+            .unify()
+            .or(connections)
+            .unify()
+            .or(health)
+            .unify()
+            .recover(recover)
+            .unify()
+    }
+
+    /// Serves the routes on `listener` until `shutdown` completes, then finishes the
+    /// requests in flight.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        warp::serve(self.routes())
+            .incoming(listener)
+            .graceful(shutdown)
+            .run()
+            .await;
+    }
+
+    /// `rule` as the API shows it, judged against the host now.
+    fn view(&self, rule: &Rule) -> RuleView {
+        RuleView::new(
+            rule,
+            &limitations(&rule.settings, &self.host.kernel(), self.host.mode()),
+        )
+    }
+}
+
+/// The REST API over `store` (see [`Api::new`]), as a warp filter that answers every
+/// request. `token`: if given, requests need `Authorization: Bearer <token>`.
 pub fn routes(
     store: RuleStore,
     token: Option<String>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
-    let token: Option<Arc<str>> = token.map(Arc::from);
-    let with_store = warp::any().map(move || store.clone());
-
-    let rules = warp::path("rules")
-        .and(warp::path::tail())
-        .and(warp::method())
-        .and(require_token(token.clone()))
-        .and(warp::header::optional::<String>("content-type"))
-        .and(limited_body())
-        .and(with_store.clone())
-        .then(rules_handler);
-
-    let health = warp::path("health")
-        .and(warp::path::end())
-        .and(warp::method())
-        .and(has_token(token))
-        .and(with_store)
-        .map(health_handler);
-
-    rules.or(health).unify().recover(recover).unify()
+    Api::new(store).token(token).routes()
 }
 
 /// Serves `routes(store, token)` on `listener` until `shutdown` completes, then finishes
-/// the requests in flight.
+/// the requests in flight. [`Api::serve`] does the same with the host and connections.
 pub async fn serve_api(
     listener: tokio::net::TcpListener,
     store: RuleStore,
     token: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    warp::serve(routes(store, token))
-        .incoming(listener)
-        .graceful(shutdown)
-        .run()
-        .await;
+    Api::new(store).token(token).serve(listener, shutdown).await;
 }
 
 /// An error answer: a status and a message for the operator.
@@ -185,6 +461,27 @@ impl ApiError {
             field,
             ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, err.to_string())
         }
+    }
+
+    /// The 422 for the limitations this host refuses outright, if any: all their reasons,
+    /// naming the field of the first.
+    fn refusal(limitations: &[Limitation]) -> Option<Self> {
+        let refused: Vec<&Limitation> = limitations.iter().filter(|l| l.is_refusal()).collect();
+        let first = refused.first()?;
+        let field = match first {
+            Limitation::SchedulerUnavailable { .. } => Some("scheduler"),
+            Limitation::BinderUnsupported => Some("path_manager"),
+            _ => None,
+        };
+        let message = refused
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        Some(ApiError {
+            field,
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+        })
     }
 
     fn into_response(self) -> Response {
@@ -331,21 +628,21 @@ async fn rules_handler(
     method: Method,
     content_type: Option<String>,
     body: Vec<u8>,
-    store: RuleStore,
+    api: Api,
 ) -> Response {
     let result = if tail.as_str().trim_matches('/').is_empty() {
         match method {
-            Method::GET => Ok(list_rules(&store)),
-            Method::POST => post_rule(&store, content_type.as_deref(), &body).await,
+            Method::GET => Ok(list_rules(&api)),
+            Method::POST => post_rule(&api, content_type.as_deref(), &body).await,
             _ => Err(ApiError::method_not_allowed(&method, "GET, POST")),
         }
     } else {
         match decode_destination(tail.as_str()) {
             Err(err) => Err(err),
             Ok(destination) => match method {
-                Method::GET => get_rule(&store, &destination),
-                Method::PUT => put_rule(&store, &destination, content_type.as_deref(), &body).await,
-                Method::DELETE => delete_rule(&store, &destination).await,
+                Method::GET => get_rule(&api, &destination),
+                Method::PUT => put_rule(&api, &destination, content_type.as_deref(), &body).await,
+                Method::DELETE => delete_rule(&api.store, &destination).await,
                 _ => Err(ApiError::method_not_allowed(&method, "GET, PUT, DELETE")),
             },
         }
@@ -353,10 +650,11 @@ async fn rules_handler(
     result.unwrap_or_else(ApiError::into_response)
 }
 
-fn health_handler(method: Method, authorized: bool, store: RuleStore) -> Response {
+fn health_handler(method: Method, authorized: bool, api: Api) -> Response {
     if method != Method::GET {
         return ApiError::method_not_allowed(&method, "GET").into_response();
     }
+    let store = &api.store;
     let health = if authorized {
         Health {
             status: "ok".into(),
@@ -375,14 +673,80 @@ fn health_handler(method: Method, authorized: bool, store: RuleStore) -> Respons
     json_response(StatusCode::OK, &health)
 }
 
-fn list_rules(store: &RuleStore) -> Response {
-    let policy = store.policy();
-    let rules: Vec<RuleView> = policy.rules().iter().map(RuleView::from).collect();
+fn capabilities_handler(method: Method, api: Api) -> Response {
+    if method != Method::GET {
+        return ApiError::method_not_allowed(&method, "GET").into_response();
+    }
+    let kernel = api.host.kernel();
+    let mode = api.host.mode();
+    let mut notes = Vec::new();
+    match (kernel.flavour, kernel.enabled) {
+        (Flavour::Upstream | Flavour::Legacy, true) => {}
+        (Flavour::Upstream | Flavour::Legacy, false) => notes.push(
+            "MPTCP is disabled in this network namespace: every connection is plain TCP \
+             (sysctl -w net.mptcp.enabled=1)"
+                .to_owned(),
+        ),
+        _ => notes.push(
+            "this kernel has no MPTCP: every connection is plain TCP (Linux 5.6+ with \
+             CONFIG_MPTCP)"
+                .to_owned(),
+        ),
+    }
+    if kernel.flavour == Flavour::Upstream
+        && mode == mptcp_policy::PmMode::Userspace
+        && kernel.path_manager.as_deref() != Some("userspace")
+    {
+        notes.push(format!(
+            "the daemon runs the userspace path manager but the namespace's is {} \
+             (sysctl -w net.mptcp.path_manager=userspace)",
+            kernel.path_manager.as_deref().unwrap_or("unknown")
+        ));
+    }
+    let capabilities = Capabilities {
+        kernel: kernel.flavour.as_str().to_owned(),
+        mptcp_enabled: kernel.enabled,
+        path_manager_mode: mode.as_str().to_owned(),
+        kernel_path_manager: kernel.path_manager,
+        scheduler: kernel.scheduler,
+        available_schedulers: kernel.available_schedulers,
+        local_addresses: api
+            .host
+            .inventory()
+            .iter()
+            .map(LocalAddressView::from)
+            .collect(),
+        notes,
+    };
+    json_response(StatusCode::OK, &capabilities)
+}
+
+fn connections_handler(method: Method, api: Api) -> Response {
+    if method != Method::GET {
+        return ApiError::method_not_allowed(&method, "GET").into_response();
+    }
+    let connections: Vec<ConnectionView> = api
+        .connections
+        .list()
+        .iter()
+        .map(ConnectionView::from)
+        .collect();
+    json_response(StatusCode::OK, &connections)
+}
+
+fn list_rules(api: &Api) -> Response {
+    let policy = api.store.policy();
+    let kernel = api.host.kernel();
+    let rules: Vec<RuleView> = policy
+        .rules()
+        .iter()
+        .map(|rule| RuleView::new(rule, &limitations(&rule.settings, &kernel, api.host.mode())))
+        .collect();
     json_response(StatusCode::OK, &rules)
 }
 
 async fn post_rule(
-    store: &RuleStore,
+    api: &Api,
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<Response, ApiError> {
@@ -393,20 +757,20 @@ async fn post_rule(
         );
     };
     let rule = fields.to_rule(ip)?;
-    store_rule(store, rule).await
+    store_rule(api, rule).await
 }
 
-fn get_rule(store: &RuleStore, destination: &str) -> Result<Response, ApiError> {
+fn get_rule(api: &Api, destination: &str) -> Result<Response, ApiError> {
     let destination = parse_path_destination(destination)?;
-    let policy = store.policy();
+    let policy = api.store.policy();
     let rule = policy
         .get(&destination)
         .ok_or_else(|| no_rule(&destination))?;
-    Ok(json_response(StatusCode::OK, &RuleView::from(rule)))
+    Ok(json_response(StatusCode::OK, &api.view(rule)))
 }
 
 async fn put_rule(
-    store: &RuleStore,
+    api: &Api,
     destination: &str,
     content_type: Option<&str>,
     body: &[u8],
@@ -426,7 +790,7 @@ async fn put_rule(
             .field("ip"));
         }
     }
-    store_rule(store, rule).await
+    store_rule(api, rule).await
 }
 
 async fn delete_rule(store: &RuleStore, destination: &str) -> Result<Response, ApiError> {
@@ -437,11 +801,17 @@ async fn delete_rule(store: &RuleStore, destination: &str) -> Result<Response, A
     }
 }
 
-/// Creates (201, with `Location`) or replaces (200) the rule; answers with the stored rule.
-async fn store_rule(store: &RuleStore, rule: Rule) -> Result<Response, ApiError> {
-    let view = RuleView::from(&rule);
+/// Refuses (422) a rule this host can never carry out; otherwise creates (201, with
+/// `Location`) or replaces (200) it and answers with the stored rule, marked in effect
+/// or not.
+async fn store_rule(api: &Api, rule: Rule) -> Result<Response, ApiError> {
+    let found = limitations(&rule.settings, &api.host.kernel(), api.host.mode());
+    if let Some(refusal) = ApiError::refusal(&found) {
+        return Err(refusal);
+    }
+    let view = RuleView::new(&rule, &found);
     let location = rule_location(&rule.destination);
-    let replaced = store.upsert(rule).await?;
+    let replaced = api.store.upsert(rule).await?;
     if replaced.is_some() {
         Ok(json_response(StatusCode::OK, &view))
     } else {
@@ -650,7 +1020,7 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     } else if rejection.is_not_found() {
         ApiError::new(
             StatusCode::NOT_FOUND,
-            "no such route (the API has /rules, /rules/{destination} and /health)",
+            "no such route (the API has /rules, /rules/{destination}, /capabilities, /connections and /health)",
         )
     } else if let Some(err) = rejection.find::<warp::reject::InvalidHeader>() {
         ApiError::bad_request(err.to_string())
@@ -671,6 +1041,18 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_the_token() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RuleStore::open(dir.path().join("rules"), Default::default()).expect("store");
+        let api = Api::new(store).token(Some("s3cret".into()));
+        let shown = format!("{api:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn bearer_header_parsing() {

@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mptcp_policy::{Destination, Policy, Rule};
+use mptcp_policy::{Destination, KernelSupport, Limitation, PmMode, Policy, Rule, limitations};
 use mptcp_socks::PolicyHandle;
 use serde::{Deserialize, Serialize};
+
+use crate::host::KernelProbe;
 
 /// Mode of a rule file we create: the rules are not secret, and the seed's tools (run as
 /// another user) may want to read them. An existing file keeps its own mode and owner.
@@ -106,6 +108,9 @@ struct Inner {
     write_lock: tokio::sync::Mutex<()>,
     /// The last reload that failed, cleared by the next good one.
     last_reload_error: Mutex<Option<ReloadError>>,
+    /// What a loaded file is checked against: a rule this kernel refuses still loads
+    /// (files move between hosts), with a warning.
+    kernel: KernelProbe,
 }
 
 impl fmt::Debug for RuleStore {
@@ -127,18 +132,37 @@ impl RuleStore {
     /// [`StoreError::Read`] if the file exists but cannot be read, [`StoreError::Parse`]
     /// (with line number and text) if it does not parse: better to refuse to start than to
     /// serve a policy the operator did not write.
+    ///
+    /// A rule naming a scheduler or path manager this kernel does not have loads all the
+    /// same, with a warning naming its line: the file may have been written for another
+    /// host, and such connections get the namespace's scheduler.
     pub fn open(path: impl Into<PathBuf>, policy: PolicyHandle) -> Result<Self, StoreError> {
+        RuleStore::open_with(path, policy, KernelProbe::live())
+    }
+
+    /// [`RuleStore::open`], checking the rules against the kernel `kernel` reports (on
+    /// open and on every reload) instead of this one.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RuleStore::open`].
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        policy: PolicyHandle,
+        kernel: KernelProbe,
+    ) -> Result<Self, StoreError> {
         let path = path.into();
-        let loaded = match read_policy(&path)? {
-            Some(Ok(loaded)) => loaded,
-            Some(Err(source)) => return Err(StoreError::Parse { path, source }),
-            None => Policy::default(),
+        let (loaded, text) = match read_policy(&path)? {
+            Some((Ok(loaded), text)) => (loaded, text),
+            Some((Err(source), _)) => return Err(StoreError::Parse { path, source }),
+            None => (Policy::default(), String::new()),
         };
         tracing::info!(
             path = %path.display(),
             rules = loaded.rules().len(),
             "loaded rule file"
         );
+        warn_unavailable(&path, &text, &kernel.get());
         policy.store(loaded);
         Ok(RuleStore {
             inner: Arc::new(Inner {
@@ -146,6 +170,7 @@ impl RuleStore {
                 policy,
                 write_lock: tokio::sync::Mutex::new(()),
                 last_reload_error: Mutex::new(None),
+                kernel,
             }),
         })
     }
@@ -254,16 +279,17 @@ impl Inner {
     ) -> Result<T, StoreError> {
         let in_force = self.policy.load();
         let mut next = match read_policy(&self.path)? {
-            Some(Ok(on_disk)) => {
+            Some((Ok(on_disk), text)) => {
                 if !same_policy(&on_disk, &in_force) {
                     tracing::info!(
                         path = %self.path.display(),
                         "rule file was edited by hand; applying the change on top of the edit"
                     );
+                    warn_unavailable(&self.path, &text, &self.kernel.get());
                 }
                 on_disk
             }
-            Some(Err(source)) => {
+            Some((Err(source), _)) => {
                 return Err(StoreError::BrokenOnDisk {
                     path: self.path.clone(),
                     source,
@@ -290,9 +316,9 @@ impl Inner {
     }
 
     fn reload_locked(&self) -> Result<Reloaded, StoreError> {
-        let outcome = match read_policy(&self.path) {
-            Ok(Some(Ok(on_disk))) => on_disk,
-            Ok(Some(Err(source))) => {
+        let (outcome, text) = match read_policy(&self.path) {
+            Ok(Some((Ok(on_disk), text))) => (on_disk, text),
+            Ok(Some((Err(source), _))) => {
                 let err = StoreError::Parse {
                     path: self.path.clone(),
                     source,
@@ -319,6 +345,7 @@ impl Inner {
         let rules = outcome.rules().len();
         self.policy.store(outcome);
         tracing::info!(path = %self.path.display(), rules, "reloaded rule file");
+        warn_unavailable(&self.path, &text, &self.kernel.get());
         Ok(Reloaded::Changed { rules })
     }
 
@@ -355,15 +382,54 @@ fn same_policy(a: &Policy, b: &Policy) -> bool {
     a.to_string() == b.to_string()
 }
 
-/// `Ok(None)` if the file does not exist; otherwise the parse result.
-fn read_policy(path: &Path) -> Result<Option<Result<Policy, mptcp_policy::Error>>, StoreError> {
+/// What [`read_policy`] found: the parse result and the text it came from.
+type OnDisk = (Result<Policy, mptcp_policy::Error>, String);
+
+/// `Ok(None)` if the file does not exist; otherwise the parse result and the text.
+fn read_policy(path: &Path) -> Result<Option<OnDisk>, StoreError> {
     match fs::read_to_string(path) {
-        Ok(text) => Ok(Some(Policy::parse(&text))),
+        Ok(text) => Ok(Some((Policy::parse(&text), text))),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(StoreError::Read {
             path: path.to_owned(),
             source,
         }),
+    }
+}
+
+/// The rules of `text` (a file that parsed) that `kernel` cannot carry out, with their
+/// 1-based line numbers: those the REST API would refuse.
+pub(crate) fn refused_lines(text: &str, kernel: &KernelSupport) -> Vec<(usize, Rule, Limitation)> {
+    let mut found = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        // The same line syntax as `Policy::parse`: comments, blank lines, the final '.'.
+        let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
+        if content.is_empty() || content == "." {
+            continue;
+        }
+        let Ok(rule) = content.parse::<Rule>() else {
+            continue;
+        };
+        // Refusals do not depend on the path-manager mode.
+        for limitation in limitations(&rule.settings, kernel, PmMode::InKernel) {
+            if limitation.is_refusal() {
+                found.push((i + 1, rule.clone(), limitation));
+            }
+        }
+    }
+    found
+}
+
+/// Warns once per line of `text` that asks for what `kernel` does not have.
+fn warn_unavailable(path: &Path, text: &str, kernel: &KernelSupport) {
+    for (line, rule, limitation) in refused_lines(text, kernel) {
+        tracing::warn!(
+            path = %path.display(),
+            line,
+            "rule file line {line} ({}): {limitation}; the rule is loaded (the file may be \
+             meant for another host)",
+            rule.destination
+        );
     }
 }
 

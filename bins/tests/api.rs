@@ -1,16 +1,26 @@
 //! The REST API, the rule store and the watcher, through the public API of the library:
-//! routes driven with `warp::test` (no socket) against a store on a temporary rule file,
-//! plus one pass over a real socket with the `mptcpctl` binary.
+//! routes driven with `warp::test` (no socket) against a store on a temporary rule file
+//! and a host described by the test (kernel, path-manager mode, addresses), plus passes
+//! over real sockets with the `mptcpctl` binary and a real SOCKS server.
+
+#[path = "common/socks.rs"]
+#[allow(dead_code)]
+mod socks;
 
 use std::fs;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use mptcp_policy::{Destination, Policy};
-use mptcp_socks::PolicyHandle;
-use mptcp_socks_bins::{RuleStore, routes, serve_api, spawn_watcher};
+use mptcp_policy::{Destination, Flavour, KernelSupport, PmMode, Policy};
+use mptcp_socks::{Connections, PolicyHandle, ServerConfig};
+use mptcp_socks_bins::{
+    Api, Host, KernelProbe, LocalAddresses, LocalEndpoint, RuleStore, routes, serve_api,
+    spawn_watcher,
+};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use warp::http::StatusCode;
@@ -47,6 +57,40 @@ struct Answer {
     body: Value,
 }
 
+/// A kernel as the probe would report it.
+fn kernel(flavour: Flavour, schedulers: &[&str]) -> KernelSupport {
+    // `KernelSupport` is non-exhaustive: start from this host's and set every field.
+    let mut kernel = KernelSupport::probe();
+    kernel.flavour = flavour;
+    kernel.enabled = flavour != Flavour::None;
+    kernel.scheduler = Some("default".into());
+    kernel.available_schedulers = schedulers.iter().map(|s| s.to_string()).collect();
+    kernel.path_manager = Some(
+        if flavour == Flavour::Legacy {
+            "fullmesh"
+        } else {
+            "kernel"
+        }
+        .into(),
+    );
+    kernel
+}
+
+/// Upstream Linux as shipped: only the `default` scheduler.
+fn upstream(mode: PmMode) -> Host {
+    Host::new(mode).kernel_probe(KernelProbe::fixed(kernel(Flavour::Upstream, &["default"])))
+}
+
+/// The multipath-tcp.org kernel, where every setting is a per-socket option.
+fn legacy() -> Host {
+    Host::new(PmMode::InKernel).kernel_probe(KernelProbe::fixed(kernel(
+        Flavour::Legacy,
+        &["default", "roundrobin", "redundant"],
+    )))
+}
+
+/// The API the older tests talk to: on the legacy kernel every rule value is in effect,
+/// so they see the rule store and nothing else.
 async fn request(
     store: &RuleStore,
     token: Option<&str>,
@@ -55,7 +99,20 @@ async fn request(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Answer {
-    let filter = routes(store.clone(), token.map(str::to_owned));
+    let api = Api::new(store.clone())
+        .token(token.map(str::to_owned))
+        .host(legacy());
+    send(&api, method, path, body, headers).await
+}
+
+async fn send(
+    api: &Api,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let filter = api.routes();
     let mut req = warp::test::request().method(method).path(path);
     for (name, value) in headers {
         req = req.header(*name, *value);
@@ -128,7 +185,7 @@ async fn seed_body_creates_then_replaces() {
     assert_eq!(answer.status, StatusCode::CREATED);
     assert_eq!(
         answer.body,
-        json!({"ip": "example.com", "enable": false, "scheduler": "default", "path_manager": "fullmesh"})
+        json!({"ip": "example.com", "enable": false, "scheduler": "default", "path_manager": "fullmesh", "in_effect": true})
     );
     assert_eq!(answer.headers["location"], "/rules/example.com");
     assert_eq!(
@@ -147,7 +204,7 @@ async fn seed_body_creates_then_replaces() {
     let answer = call(&f.store, "GET", "/rules", None).await;
     assert_eq!(
         answer.body,
-        json!([{"ip": "example.com", "enable": true, "scheduler": "redundant", "path_manager": "ndiffports"}])
+        json!([{"ip": "example.com", "enable": true, "scheduler": "redundant", "path_manager": "ndiffports", "in_effect": true}])
     );
 }
 
@@ -193,7 +250,7 @@ async fn enable_as_bool_and_number_and_defaults() {
         );
         assert_eq!(
             answer.body,
-            json!({"ip": ip, "enable": enable, "scheduler": "default", "path_manager": "default"})
+            json!({"ip": ip, "enable": enable, "scheduler": "default", "path_manager": "default", "in_effect": true})
         );
     }
     assert_file_in_sync(&f);
@@ -463,6 +520,8 @@ async fn wrong_methods_and_routes() {
         ("DELETE", "/rules", "GET, POST"),
         ("POST", "/rules/example.com", "GET, PUT, DELETE"),
         ("POST", "/health", "GET"),
+        ("POST", "/capabilities", "GET"),
+        ("DELETE", "/connections", "GET"),
     ] {
         let answer = call(&f.store, method, path, None).await;
         assert_eq!(
@@ -473,7 +532,7 @@ async fn wrong_methods_and_routes() {
         assert_eq!(answer.headers["allow"], allow);
         assert!(error_of(&answer).contains(method));
     }
-    for path in ["/", "/nope", "/rulesx", "/health/x"] {
+    for path in ["/", "/nope", "/rulesx", "/health/x", "/connections/1"] {
         let answer = call(&f.store, "GET", path, None).await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
         assert!(error_of(&answer).contains("no such route"));
@@ -531,6 +590,13 @@ async fn bearer_token() {
     )
     .await;
     assert_eq!(answer.status, StatusCode::OK);
+
+    for path in ["/capabilities", "/connections"] {
+        let answer = request(&f.store, token, "GET", path, None, &[]).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+        let answer = request(&f.store, token, "GET", path, None, &ok).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}");
+    }
 
     // Health answers without the token, but says no more than "ok".
     let answer = request(&f.store, token, "GET", "/health", None, &[]).await;
@@ -592,7 +658,7 @@ async fn failed_write_is_500_and_changes_nothing() {
     let answer = call(&f.store, "GET", "/rules", None).await;
     assert_eq!(
         answer.body,
-        json!([{"ip": "192.0.2.1", "enable": true, "scheduler": "default", "path_manager": "default"}])
+        json!([{"ip": "192.0.2.1", "enable": true, "scheduler": "default", "path_manager": "default", "in_effect": true}])
     );
     let answer = call(&f.store, "DELETE", "/rules/192.0.2.1", None).await;
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -735,14 +801,20 @@ async fn mptcpctl_against_a_served_api() {
         .expect("bind");
     let api = format!("http://{}", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve_api(
-        listener,
-        f.store.clone(),
-        Some("tok".into()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let inventory = LocalAddresses::new(vec![LocalEndpoint {
+        id: 1,
+        addr: "10.9.8.7".parse().expect("addr"),
+        flags: vec!["subflow".into(), "signal".into()],
+        ifindex: Some(1), // `lo` in every namespace
+    }]);
+    let server = tokio::spawn(
+        Api::new(f.store.clone())
+            .token(Some("tok".into()))
+            .host(upstream(PmMode::InKernel).local_addresses(inventory))
+            .serve(listener, async {
+                let _ = stopped.await;
+            }),
+    );
 
     let api2 = api.clone();
     let results = tokio::task::spawn_blocking(move || {
@@ -776,6 +848,35 @@ async fn mptcpctl_against_a_served_api() {
                 Some("tok"),
             ),
             ctl(&["--api", api, "health"], Some("tok")),
+            ctl(
+                &[
+                    "--api",
+                    api,
+                    "rules",
+                    "add",
+                    "mesh.example",
+                    "--path-manager",
+                    "fullmesh",
+                ],
+                Some("tok"),
+            ),
+            ctl(&["--api", api, "rules", "list"], Some("tok")),
+            ctl(&["--api", api, "capabilities"], Some("tok")),
+            ctl(&["--api", api, "capabilities", "--json"], Some("tok")),
+            ctl(&["--api", api, "connections"], Some("tok")),
+            ctl(&["--api", api, "connections", "--json"], Some("tok")),
+            ctl(
+                &[
+                    "--api",
+                    api,
+                    "rules",
+                    "add",
+                    "b.example",
+                    "--path-manager",
+                    "binder",
+                ],
+                Some("tok"),
+            ),
         ]
     })
     .await
@@ -795,7 +896,8 @@ async fn mptcpctl_against_a_served_api() {
     );
     let (code, out, _) = &results[2];
     assert_eq!(*code, Some(0));
-    assert!(out.starts_with("DESTINATION"), "{out}");
+    assert!(out.trim_start().starts_with("DESTINATION"), "{out}");
+    assert!(!out.contains('!'), "every rule is in effect: {out}");
     assert!(out.contains("10.0.0.0/8") && out.contains(" on "), "{out}");
     let (code, out, _) = &results[3];
     assert_eq!(*code, Some(0));
@@ -815,6 +917,58 @@ async fn mptcpctl_against_a_served_api() {
     let (code, out, _) = &results[8];
     assert_eq!(*code, Some(0));
     assert!(out.starts_with("ok") && out.contains("0 rule(s)"), "{out}");
+
+    // A rule accepted but not in effect in the in-kernel mode, and why.
+    let (code, out, err) = &results[9];
+    assert_eq!(*code, Some(0), "{err}");
+    assert!(out.contains("added rule for mesh.example"), "{out}");
+    assert!(
+        out.contains("not in effect here") && out.contains("--path-manager userspace"),
+        "{out}"
+    );
+    let (code, out, _) = &results[10];
+    assert_eq!(*code, Some(0));
+    let marked = out
+        .lines()
+        .find(|l| l.contains("mesh.example"))
+        .expect("listed");
+    assert!(marked.starts_with('!'), "{out}");
+    assert!(
+        out.contains("not (fully) in effect")
+            && out.contains("mesh.example: path manager fullmesh"),
+        "{out}"
+    );
+
+    // The host, readably and as JSON.
+    let (code, out, err) = &results[11];
+    assert_eq!(*code, Some(0), "{err}");
+    for needle in [
+        "upstream MPTCP, enabled",
+        "in-kernel (daemon); namespace: kernel",
+        "default (available: default)",
+        "10.9.8.7",
+        "lo",
+        "subflow,signal",
+    ] {
+        assert!(out.contains(needle), "{needle:?} missing from {out}");
+    }
+    let (code, out, _) = &results[12];
+    assert_eq!(*code, Some(0));
+    let caps: Value = serde_json::from_str(out).expect("json output");
+    assert_eq!(caps["path_manager_mode"], "in-kernel");
+    assert_eq!(caps["local_addresses"][0]["interface"], "lo");
+
+    let (code, out, err) = &results[13];
+    assert_eq!(*code, Some(0), "{err}");
+    assert_eq!(out.trim(), "no live connections");
+    let (code, out, _) = &results[14];
+    assert_eq!(*code, Some(0));
+    assert_eq!(serde_json::from_str::<Value>(out).expect("json"), json!([]));
+
+    // Refused on upstream Linux, with the API's reason.
+    let (code, _, err) = &results[15];
+    assert_eq!(*code, Some(1));
+    assert!(err.contains("binder") && err.contains("422"), "{err}");
     assert_file_in_sync(&f);
 
     let _ = stop.send(());
@@ -872,6 +1026,497 @@ async fn chunked_body_over_the_limit_is_413() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("larger than 16384 bytes"), "{answer}");
     assert!(!f.path.exists());
+
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+}
+
+fn api_on(f: &Fixture, host: Host) -> Api {
+    Api::new(f.store.clone()).host(host)
+}
+
+const JSON: &[(&str, &str)] = &[("content-type", "application/json")];
+
+#[tokio::test]
+async fn rules_this_kernel_cannot_carry_out_are_422_and_change_nothing() {
+    let f = fixture(Some("192.0.2.1,1,default,default,\n.\n"));
+    let api = api_on(&f, upstream(PmMode::Userspace));
+    let before = fs::read(&f.path).expect("read");
+    for (method, path, body, field, needles) in [
+        (
+            "POST",
+            "/rules",
+            r#"{"ip": "b.example", "enable": "1", "path_manager": "binder"}"#,
+            "path_manager",
+            &["binder", "legacy"][..],
+        ),
+        (
+            "POST",
+            "/rules",
+            r#"{"ip": "r.example", "enable": "1", "scheduler": "roundrobin"}"#,
+            "scheduler",
+            &["roundrobin", "available: default"][..],
+        ),
+        (
+            "PUT",
+            "/rules/192.0.2.1",
+            r#"{"enable": "1", "scheduler": "redundant"}"#,
+            "scheduler",
+            &["redundant", "available: default"][..],
+        ),
+        (
+            "PUT",
+            "/rules/192.0.2.1",
+            r#"{"enable": "1", "scheduler": "redundant", "path_manager": "binder"}"#,
+            "scheduler",
+            &["available: default", "binder"][..],
+        ),
+    ] {
+        let answer = send(&api, method, path, Some(body), JSON).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            answer.body
+        );
+        assert_eq!(answer.body["field"], field, "{body}");
+        for needle in needles {
+            assert!(
+                error_of(&answer).contains(needle),
+                "{needle}: {}",
+                answer.body
+            );
+        }
+        assert_eq!(
+            fs::read(&f.path).expect("read"),
+            before,
+            "{body} touched the file"
+        );
+    }
+    assert_eq!(f.store.policy().rules().len(), 1);
+
+    // With MPTCP off neither scheduler nor path manager applies: nothing to refuse.
+    let body = r#"{"ip": "off.example", "enable": "0", "scheduler": "redundant", "path_manager": "binder"}"#;
+    let answer = send(&api, "POST", "/rules", Some(body), JSON).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_eq!(answer.body["in_effect"], true);
+    assert_file_in_sync(&f);
+}
+
+#[tokio::test]
+async fn per_connection_path_managers_need_the_userspace_mode() {
+    let f = fixture(None);
+    let in_kernel = api_on(&f, upstream(PmMode::InKernel));
+    for (dest, pm) in [
+        ("mesh.example", "fullmesh"),
+        ("ports.example", "ndiffports:3"),
+    ] {
+        let body = json!({"ip": dest, "enable": "1", "path_manager": pm}).to_string();
+        let answer = send(&in_kernel, "POST", "/rules", Some(&body), JSON).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        assert_eq!(answer.body["path_manager"], pm);
+        assert_eq!(answer.body["in_effect"], false, "{}", answer.body);
+        let reasons = answer.body["not_in_effect"].as_array().expect("reasons");
+        assert_eq!(reasons.len(), 1, "{}", answer.body);
+        assert!(
+            reasons[0]
+                .as_str()
+                .expect("text")
+                .contains("--path-manager userspace"),
+            "{}",
+            answer.body
+        );
+    }
+    let answer = send(&in_kernel, "GET", "/rules", None, &[]).await;
+    for rule in answer.body.as_array().expect("array") {
+        assert_eq!(rule["in_effect"], false, "{rule}");
+        assert!(
+            rule["not_in_effect"][0].as_str().expect("reason").contains(
+                rule["path_manager"]
+                    .as_str()
+                    .expect("pm")
+                    .split(':')
+                    .next()
+                    .expect("kind")
+            )
+        );
+    }
+    let answer = send(&in_kernel, "GET", "/rules/mesh.example", None, &[]).await;
+    assert_eq!(answer.body["in_effect"], false);
+
+    // The same rules, the daemon running the userspace path manager: in effect.
+    let userspace = api_on(&f, upstream(PmMode::Userspace));
+    let answer = send(&userspace, "GET", "/rules", None, &[]).await;
+    for rule in answer.body.as_array().expect("array") {
+        assert_eq!(rule["in_effect"], true, "{rule}");
+        assert!(rule.get("not_in_effect").is_none(), "{rule}");
+    }
+    let answer = send(&userspace, "GET", "/rules/ports.example", None, &[]).await;
+    assert_eq!(answer.body["in_effect"], true);
+    assert_file_in_sync(&f);
+}
+
+#[tokio::test]
+async fn on_the_legacy_kernel_everything_is_in_effect() {
+    let f = fixture(None);
+    let api = api_on(&f, legacy());
+    for (i, (scheduler, pm)) in [
+        ("roundrobin", "binder"),
+        ("redundant", "fullmesh"),
+        ("default", "ndiffports:4"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({"ip": format!("h{i}.example"), "enable": "1", "scheduler": scheduler, "path_manager": pm}).to_string();
+        let answer = send(&api, "POST", "/rules", Some(&body), JSON).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        assert_eq!(answer.body["in_effect"], true, "{}", answer.body);
+    }
+    let answer = send(&api, "GET", "/rules", None, &[]).await;
+    assert_eq!(answer.body.as_array().expect("array").len(), 3);
+    assert!(
+        answer
+            .body
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|r| r["in_effect"] == true),
+        "{}",
+        answer.body
+    );
+
+    // Without MPTCP, rules are accepted and reported: connections are plain TCP.
+    let none =
+        Host::new(PmMode::InKernel).kernel_probe(KernelProbe::fixed(kernel(Flavour::None, &[])));
+    let answer = send(&api_on(&f, none), "GET", "/rules/h0.example", None, &[]).await;
+    assert_eq!(answer.body["in_effect"], false);
+    assert!(
+        answer.body["not_in_effect"][0]
+            .as_str()
+            .expect("reason")
+            .contains("plain TCP"),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn capabilities_describe_the_host_and_follow_the_inventory() {
+    let f = fixture(None);
+    let inventory = LocalAddresses::default();
+    let api = api_on(
+        &f,
+        upstream(PmMode::Userspace).local_addresses(inventory.clone()),
+    );
+    let answer = send(&api, "GET", "/capabilities", None, &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(
+        answer.body,
+        json!({
+            "kernel": "upstream",
+            "mptcp_enabled": true,
+            "path_manager_mode": "userspace",
+            "kernel_path_manager": "kernel",
+            "scheduler": "default",
+            "available_schedulers": ["default"],
+            "local_addresses": [],
+            "notes": ["the daemon runs the userspace path manager but the namespace's is kernel (sysctl -w net.mptcp.path_manager=userspace)"],
+        })
+    );
+
+    // The daemon refreshes the inventory; the next answer shows it.
+    inventory.set(vec![
+        LocalEndpoint {
+            id: 1,
+            addr: "10.0.1.1".parse().expect("addr"),
+            flags: vec!["subflow".into()],
+            ifindex: Some(1),
+        },
+        LocalEndpoint {
+            id: 2,
+            addr: "2001:db8::2".parse().expect("addr"),
+            flags: vec!["signal".into(), "backup".into()],
+            ifindex: None,
+        },
+    ]);
+    let answer = send(&api, "GET", "/capabilities", None, &[]).await;
+    assert_eq!(
+        answer.body["local_addresses"],
+        json!([
+            {"id": 1, "addr": "10.0.1.1", "flags": ["subflow"], "interface": "lo", "ifindex": 1},
+            {"id": 2, "addr": "2001:db8::2", "flags": ["signal", "backup"], "interface": null, "ifindex": null},
+        ])
+    );
+
+    // Probed live: this machine.
+    let live = Api::new(f.store.clone());
+    let answer = send(&live, "GET", "/capabilities", None, &[]).await;
+    let probed = KernelSupport::probe();
+    assert_eq!(answer.body["kernel"], probed.flavour.as_str());
+    assert_eq!(answer.body["mptcp_enabled"], probed.enabled);
+    assert_eq!(answer.body["path_manager_mode"], "in-kernel");
+    assert_eq!(
+        answer.body["available_schedulers"],
+        json!(probed.available_schedulers)
+    );
+}
+
+#[tokio::test]
+async fn no_connections_is_an_empty_list() {
+    let f = fixture(None);
+    let answer = send(&Api::new(f.store.clone()), "GET", "/connections", None, &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, json!([]));
+}
+
+/// Everything logged at WARN and above by any test of this binary, for the tests that
+/// check a warning (the store logs from blocking threads, so a thread-local subscriber
+/// would not see it).
+fn logs() -> String {
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    let buffer = LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&buffer);
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || Sink(Arc::clone(&sink)))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
+        buffer
+    });
+    String::from_utf8_lossy(&buffer.lock().expect("log buffer")).into_owned()
+}
+
+#[tokio::test]
+async fn a_rule_file_for_another_host_loads_with_a_warning_per_line() {
+    logs(); // install the capturing subscriber first
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rules-from-elsewhere");
+    fs::write(
+        &path,
+        "# written on a legacy kernel\n198.51.100.1,1,roundrobin,default,\n198.51.100.2,1,default,binder,\n198.51.100.3,1,default,default,\n.\n",
+    )
+    .expect("write");
+    let probe = KernelProbe::fixed(kernel(Flavour::Upstream, &["default"]));
+    let store = RuleStore::open_with(&path, PolicyHandle::default(), probe.clone()).expect("loads");
+    assert_eq!(store.policy().rules().len(), 3, "every rule is loaded");
+
+    let ours = |logs: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains(&*path.to_string_lossy()))
+            .map(str::to_owned)
+            .collect()
+    };
+    let warned = ours(&logs());
+    assert_eq!(warned.len(), 2, "{warned:#?}");
+    assert!(warned[0].contains("WARN"), "{}", warned[0]);
+    assert!(
+        warned[0].contains("line 2")
+            && warned[0].contains("roundrobin")
+            && warned[0].contains("available: default"),
+        "{}",
+        warned[0]
+    );
+    assert!(
+        warned[1].contains("line 3") && warned[1].contains("binder"),
+        "{}",
+        warned[1]
+    );
+
+    // The API shows those rules as not in effect (connections use the namespace's
+    // scheduler), and refuses to add such a rule itself.
+    let api = Api::new(store.clone()).host(Host::new(PmMode::InKernel).kernel_probe(probe));
+    let answer = send(&api, "GET", "/rules", None, &[]).await;
+    let in_effect: Vec<_> = answer
+        .body
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| r["in_effect"].clone())
+        .collect();
+    assert_eq!(in_effect, [json!(false), json!(false), json!(true)]);
+    assert!(
+        answer.body[0]["not_in_effect"][0]
+            .as_str()
+            .expect("reason")
+            .contains("connections use default"),
+        "{}",
+        answer.body
+    );
+
+    // A hand edit picked up by a reload warns about its own lines.
+    fs::write(
+        &path,
+        "198.51.100.3,1,default,default,\n198.51.100.4,1,redundant,default,\n.\n",
+    )
+    .expect("write");
+    store.reload().await.expect("reloads");
+    assert_eq!(store.policy().rules().len(), 2);
+    let warned = ours(&logs());
+    assert_eq!(warned.len(), 3, "{warned:#?}");
+    assert!(
+        warned[2].contains("line 2") && warned[2].contains("redundant"),
+        "{}",
+        warned[2]
+    );
+}
+
+/// A real SOCKS server on loopback relays one connection; the API lists it with its
+/// subflow and traffic, and so does `mptcpctl connections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_connections_through_a_real_socks_server() {
+    let f = fixture(Some("127.0.0.1,1,default,default,\n.\n"));
+
+    // An echo server that speaks MPTCP (a plain TCP one would make the connection fall
+    // back), on a thread of its own.
+    let echo = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::MPTCP),
+    )
+    .or_else(|_| socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None))
+    .expect("echo socket");
+    echo.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .expect("addr")
+            .into(),
+    )
+    .expect("bind");
+    echo.listen(4).expect("listen");
+    let echo: std::net::TcpListener = echo.into();
+    let echo_addr = echo.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = echo.accept() {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+
+    let connections = Connections::default();
+    let socks_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let proxy = socks_listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let config = ServerConfig {
+        connections: connections.clone(),
+        ..ServerConfig::default()
+    };
+    let server = tokio::spawn(mptcp_socks::serve(
+        socks_listener,
+        config,
+        f.store.handle().clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    // Relay 256 KiB each way and keep the connection open.
+    const SIZE: usize = 256 * 1024;
+    let client = tokio::task::spawn_blocking(move || {
+        let mut stream =
+            socks::connect(proxy, socks::Target::Addr(echo_addr), None).expect("socks connect");
+        let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+        let mut writer = stream.try_clone().expect("clone");
+        let sender = std::thread::spawn(move || writer.write_all(&data));
+        let mut back = vec![0u8; SIZE];
+        stream.read_exact(&mut back).expect("echoed");
+        sender.join().expect("sender").expect("sent");
+        assert!(back.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
+        stream
+    })
+    .await
+    .expect("client");
+    let client_addr = client.local_addr().expect("addr");
+
+    let api = Api::new(f.store.clone()).connections(connections.clone());
+    let answer = send(&api, "GET", "/connections", None, &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let list = answer.body.as_array().expect("array");
+    assert_eq!(list.len(), 1, "{}", answer.body);
+    let c = &list[0];
+    assert_eq!(c["client"], client_addr.to_string());
+    assert_eq!(c["target"], echo_addr.to_string());
+    assert_eq!(c["remote"], echo_addr.to_string());
+    assert_eq!(c["rule"], "127.0.0.1");
+    assert!(c["age_s"].as_u64().is_some(), "{c}");
+    let kernel = KernelSupport::probe();
+    let mptcp_here = kernel.flavour == Flavour::Upstream && kernel.enabled;
+    if mptcp_here {
+        assert_eq!(c["transport"], "mptcp", "{c}");
+        assert!(c["token"].as_u64().is_some(), "{c}");
+        let subflows = c["subflows"].as_array().expect("subflows");
+        assert_eq!(subflows.len(), 1, "{c}");
+        assert_eq!(subflows[0]["remote"], echo_addr.to_string());
+        assert!(
+            subflows[0]["bytes_acked"].as_u64().expect("acked") >= SIZE as u64,
+            "{c}"
+        );
+        assert!(
+            subflows[0]["bytes_received"].as_u64().expect("received") >= SIZE as u64,
+            "{c}"
+        );
+        assert!(subflows[0]["rtt_ms"].as_f64().is_some(), "{c}");
+    } else {
+        assert_ne!(c["transport"], "mptcp", "{c}");
+    }
+
+    // The same through the CLI.
+    let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let api_url = format!("http://{}", api_listener.local_addr().expect("addr"));
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api_server = tokio::spawn(api.clone().serve(api_listener, async {
+        let _ = api_stopped.await;
+    }));
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || ctl(&["--api", &api_url, "connections"], None))
+            .await
+            .expect("mptcpctl runs");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("ID"), "{out}");
+    assert!(out.contains(&echo_addr.to_string()), "{out}");
+    assert!(out.contains("127.0.0.1"), "{out}");
+    if mptcp_here {
+        let subflow = out
+            .lines()
+            .find(|l| l.contains(" -> "))
+            .unwrap_or_else(|| panic!("no subflow line in {out}"));
+        assert!(subflow.contains("100%") && subflow.contains("KiB"), "{out}");
+    }
+    let _ = api_stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), api_server).await;
+
+    // Closed: gone from the list.
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !connections.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "connection still listed after close"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let answer = send(&api, "GET", "/connections", None, &[]).await;
+    assert_eq!(answer.body, json!([]));
 
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;

@@ -154,6 +154,24 @@ fn rule_one_is_mptcp_over_both_paths_and_rest_switches_the_next_connection_to_tc
     );
     assert!(share(paths.a_tx, MPTCP_BYTES) > 0.25, "{paths:?}");
     assert!(share(paths.b_tx, MPTCP_BYTES) > 0.25, "{paths:?}");
+    // The proxy itself shows it: its log line for the closed connection lists one
+    // subflow per path with what each carried.
+    assert!(
+        s.daemon
+            .wait_for_log("closed id=1 ", Duration::from_secs(5))
+    );
+    let log = s.daemon.log();
+    let closed = log
+        .lines()
+        .find(|l| l.contains("closed id=1 "))
+        .unwrap_or_default();
+    let a = s.topo.addrs();
+    for local in [a.proxy_a, a.proxy_b] {
+        assert!(
+            closed.contains(&format!("{local}->")),
+            "{local} missing: {closed}"
+        );
+    }
 
     // A connection opened before the change...
     let proxy = s.proxy();
@@ -177,9 +195,7 @@ fn rule_one_is_mptcp_over_both_paths_and_rest_switches_the_next_connection_to_tc
     assert!(!report.mptcp, "rule 0 but the server saw MPTCP: {report:?}");
 
     // The old connection was not disturbed: intact, and MPTCP to the end.
-    let old = long
-        .join()
-        .map_err(|_| anyhow::anyhow!("long transfer panicked"))?
+    let old = common::netns::join_transfer(long)
         .context("the connection opened before the change broke")?;
     let old_report = s.server.next_report(REPORT_WAIT)?;
     eprintln!(
@@ -301,7 +317,7 @@ fn name_rules_apply_to_requests_by_name_and_curl_fetches_intact() -> anyhow::Res
     let log = s.daemon.log();
     let line = log
         .lines()
-        .rfind(|l| l.contains("target=files.test:8000"))
+        .rfind(|l| l.contains(" connected ") && l.contains("target=files.test:8000"))
         .unwrap_or_default();
     assert!(
         line.contains("fallback"),

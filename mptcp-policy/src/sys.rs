@@ -496,9 +496,14 @@ pub fn subflows(socket: &impl AsFd) -> io::Result<Option<Vec<SubflowInfo>>> {
             .enumerate()
             .filter_map(|(i, a)| {
                 let info = infos.get(i);
+                let (local, remote) = (socket_addr(&a.local)?, socket_addr(&a.remote)?);
+                // A subflow being torn down has its addresses cleared already.
+                if remote.port() == 0 || local.ip().is_unspecified() {
+                    return None;
+                }
                 Some(SubflowInfo {
-                    local: socket_addr(&a.local)?,
-                    remote: socket_addr(&a.remote)?,
+                    local,
+                    remote,
                     bytes_acked: info.map_or(0, |t| t.tcpi_bytes_acked),
                     bytes_received: info.map_or(0, |t| t.tcpi_bytes_received),
                     rtt_us: info.map_or(0, |t| t.tcpi_rtt),
@@ -520,7 +525,7 @@ pub fn local_address_up(addr: std::net::IpAddr) -> io::Result<Option<bool>> {
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut found = None;
+    let mut found: Option<std::ffi::CString> = None;
     let mut cursor = list;
     while !cursor.is_null() {
         // SAFETY: `cursor` is a node of the list getifaddrs returned, freed only below.
@@ -552,15 +557,38 @@ pub fn local_address_up(addr: std::net::IpAddr) -> io::Result<Option<bool>> {
             );
         }
         if socket_addr(&storage).map(|a| a.ip()) == Some(addr) {
-            let flags = entry.ifa_flags;
-            let up = libc::IFF_UP as u32 | libc::IFF_RUNNING as u32;
-            found = Some(flags & up == up);
+            // SAFETY: ifa_name is a NUL-terminated interface name owned by the list.
+            found = Some(unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_owned());
             break;
         }
     }
-    // SAFETY: frees the list getifaddrs allocated; no reference into it survives.
+    // SAFETY: frees the list getifaddrs allocated; nothing borrowed from it survives.
     unsafe { libc::freeifaddrs(list) };
-    Ok(found)
+    // The link's flags now, from the kernel: getifaddrs' copy of them on address
+    // entries was seen stale here.
+    found.map(|name| interface_up(&name)).transpose()
+}
+
+/// Whether the interface is administratively up and has carrier (`SIOCGIFFLAGS`).
+fn interface_up(name: &std::ffi::CStr) -> io::Result<bool> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    // SAFETY: all-zero is a valid ifreq.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.to_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads ifr_name and writes ifr_flags of the ifreq we own.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = i32::from(unsafe { request.ifr_ifru.ifru_flags });
+    let up = libc::IFF_UP | libc::IFF_RUNNING;
+    Ok(flags & up == up)
 }
 
 /// What a connected socket carries, given how it was opened: MPTCP, MPTCP that fell

@@ -113,10 +113,17 @@ impl Connections {
         let socket = Arc::new(socket.as_fd().try_clone_to_owned()?);
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         connection.id = id;
-        self.live().insert(id, Entry { connection, socket });
+        self.live().insert(
+            id,
+            Entry {
+                connection,
+                socket: Arc::clone(&socket),
+            },
+        );
         Ok(Registration {
             registry: self.clone(),
             id,
+            socket,
         })
     }
 }
@@ -126,12 +133,19 @@ impl Connections {
 pub(crate) struct Registration {
     registry: Connections,
     id: u64,
+    socket: Arc<OwnedFd>,
 }
 
 impl Registration {
     /// The connection's id.
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The registered duplicate of the outbound socket, readable while the relay owns
+    /// the original mutably.
+    pub(crate) fn socket(&self) -> &OwnedFd {
+        &self.socket
     }
 }
 

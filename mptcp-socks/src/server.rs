@@ -250,22 +250,30 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
     let started = Instant::now();
     let mut inbound = proto.reply_success(bound).await?;
     let mut outbound_stream = outbound.stream;
-    let relayed = tokio::io::copy_bidirectional_with_sizes(
-        &mut inbound,
-        &mut outbound_stream,
-        RELAY_BUFFER,
-        RELAY_BUFFER,
-    )
-    .await;
-    // Read before the socket closes: which links carried this connection.
-    let paths = if outbound.transport == Transport::Mptcp {
-        mptcp_policy::subflows(&outbound_stream)
-            .ok()
-            .flatten()
-            .map(|subflows| describe_subflows(&subflows))
-    } else {
-        None
+    let mptcp = outbound.transport == Transport::Mptcp;
+    let mut seen = SubflowsSeen::default();
+    let relayed = {
+        let relay = tokio::io::copy_bidirectional_with_sizes(
+            &mut inbound,
+            &mut outbound_stream,
+            RELAY_BUFFER,
+            RELAY_BUFFER,
+        );
+        tokio::pin!(relay);
+        let mut sample = tokio::time::interval(SUBFLOW_SAMPLE);
+        loop {
+            tokio::select! {
+                done = &mut relay => break done,
+                _ = sample.tick(), if mptcp => seen.sample(registration.socket()),
+            }
+        }
     };
+    // Subflows come and go (a link fails, another joins), and at the end they are being
+    // torn down: the closing line reports every one seen, with the most it carried.
+    if mptcp {
+        seen.sample(&outbound_stream);
+    }
+    let paths = mptcp.then(|| seen.describe());
     let id = registration.id();
     drop(registration);
     let seconds = started.elapsed().as_secs_f64();
@@ -293,22 +301,48 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
     Ok(())
 }
 
-/// `10.0.1.1->10.0.1.2:80 8.1 MB, 10.0.2.1->10.0.1.2:80 8.4 MB`: what each subflow carried,
-/// in both directions.
-fn describe_subflows(subflows: &[SubflowInfo]) -> String {
-    subflows
-        .iter()
-        .map(|s| {
-            let bytes = s.bytes_acked + s.bytes_received;
-            format!(
-                "{}->{} {:.1} MB",
-                s.local.ip(),
-                s.remote,
-                bytes as f64 / 1e6
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// How often a relayed MPTCP connection's subflows are read for its closing log line.
+const SUBFLOW_SAMPLE: Duration = Duration::from_secs(1);
+
+/// Every subflow a connection had, with the most bytes each was seen to carry.
+#[derive(Debug, Default)]
+struct SubflowsSeen(Vec<SubflowInfo>);
+
+impl SubflowsSeen {
+    fn sample(&mut self, socket: &impl std::os::fd::AsFd) {
+        let Ok(Some(now)) = mptcp_policy::subflows(socket) else {
+            return;
+        };
+        for subflow in now {
+            let same =
+                |s: &&mut SubflowInfo| s.local == subflow.local && s.remote == subflow.remote;
+            match self.0.iter_mut().find(same) {
+                Some(known) => {
+                    known.bytes_acked = known.bytes_acked.max(subflow.bytes_acked);
+                    known.bytes_received = known.bytes_received.max(subflow.bytes_received);
+                }
+                None => self.0.push(subflow),
+            }
+        }
+    }
+
+    /// `10.0.1.1->10.0.1.2:80 8.1 MB, 10.0.2.1->10.0.1.2:80 8.4 MB`: what each subflow
+    /// carried, both directions together.
+    fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|s| {
+                let bytes = s.bytes_acked + s.bytes_received;
+                format!(
+                    "{}->{} {:.1} MB",
+                    s.local.ip(),
+                    s.remote,
+                    bytes as f64 / 1e6
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// Greeting, authentication and request, up to the point where the connect step begins.

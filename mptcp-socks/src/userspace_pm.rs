@@ -195,13 +195,15 @@ struct Manager {
 impl Manager {
     /// Whether the link of local address `addr` is down (unknown addresses are not).
     fn link_down(&mut self, addr: IpAddr) -> bool {
-        !*self
-            .links
-            .entry(addr)
-            .or_insert_with(|| mptcp_policy::local_address_up(addr).ok().flatten() != Some(false))
+        !*self.links.entry(addr).or_insert_with(|| {
+            let state = mptcp_policy::local_address_up(addr);
+            tracing::trace!(%addr, ?state, "link state");
+            state.ok().flatten() != Some(false)
+        })
     }
 
     async fn on_event(&mut self, event: Event) {
+        tracing::trace!(?event, "path-manager event");
         match event {
             Event::Created(c) | Event::Established(c) if !c.server_side => {
                 let fully = matches!(event, Event::Established(_));
@@ -344,6 +346,7 @@ impl Manager {
         m.pending
             .retain(|(_, sent)| now.duration_since(*sent) < PENDING_TIMEOUT);
         let wanted = m.wanted(&self.endpoints);
+        tracing::trace!(token, ?wanted, subflows = ?m.subflows, "reconcile");
         let mut to_create = Vec::new();
         let mut planned: HashMap<Pair, usize> = HashMap::new();
         for pair in wanted {
@@ -379,6 +382,8 @@ impl Manager {
                 .iter()
                 .find(|e| e.addr == local)
                 .map_or_else(|| Endpoint::new(local), Endpoint::from);
+            tracing::debug!(token, %local, %remote, "creating subflow");
+            tracing::debug!(token, %local, %remote, "creating subflow");
             if let Err(e) = self.client.subflow_create(token, endpoint, remote).await {
                 tracing::debug!(token, %local, %remote, error = %e, "subflow_create");
                 if let Some(m) = self.managed.get_mut(&token) {
@@ -421,7 +426,10 @@ impl Manager {
             return;
         }
         match self.client.endpoints().await {
-            Ok(endpoints) => self.endpoints = endpoints,
+            Ok(endpoints) => {
+                tracing::trace!(?endpoints, "endpoint list");
+                self.endpoints = endpoints;
+            }
             Err(e) => tracing::warn!(error = %e, "cannot read the endpoint list"),
         }
         self.endpoints_read = Some(Instant::now());

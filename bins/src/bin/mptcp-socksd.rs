@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use mptcp_policy::{Flavour, KernelSupport};
-use mptcp_socks::{Auth, PolicyHandle, ServerConfig};
-use mptcp_socks_bins::{RuleStore, serve_api, spawn_watcher};
+use mptcp_policy::{Flavour, KernelSupport, PmMode};
+use mptcp_socks::{Auth, Connections, PolicyHandle, ServerConfig};
+use mptcp_socks_bins::{Api, Host, LocalAddresses, LocalEndpoint, RuleStore, spawn_watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -69,6 +69,22 @@ struct Args {
     /// Seconds allowed for each outbound connect attempt.
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
+    /// Who creates subflows: "kernel" (the in-kernel path manager, the same for every
+    /// connection) or "userspace" (this daemon, per connection as its rule says; needs
+    /// CAP_NET_ADMIN and switches the namespace to net.mptcp.path_manager=userspace
+    /// while it runs).
+    #[arg(long = "path-manager", default_value = "kernel", value_parser = parse_pm_mode)]
+    path_manager: PmMode,
+}
+
+fn parse_pm_mode(s: &str) -> Result<PmMode, String> {
+    match s {
+        "kernel" | "in-kernel" => Ok(PmMode::InKernel),
+        "userspace" => Ok(PmMode::Userspace),
+        _ => Err(format!(
+            "{s:?} is not a path-manager mode: kernel or userspace"
+        )),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,18 +153,23 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
+    // Shared with the API: the SOCKS server registers its connections here, and the
+    // inventory is what `ip mptcp endpoint` lists.
+    let connections = Connections::default();
+    let local_addresses = LocalAddresses::default();
     let api_task = match api {
         Some(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for the REST API on {addr}"))?;
             tracing::info!("REST API listening on http://{}", listener.local_addr()?);
-            Some(tokio::spawn(serve_api(
-                listener,
-                store.clone(),
-                api_token,
-                stopped(),
-            )))
+            Some(tokio::spawn(
+                Api::new(store.clone())
+                    .token(api_token)
+                    .host(Host::new(args.path_manager).local_addresses(local_addresses.clone()))
+                    .connections(connections.clone())
+                    .serve(listener, stopped()),
+            ))
         }
         None => None,
     };
@@ -163,7 +184,34 @@ async fn main() -> anyhow::Result<()> {
         bind_addr: args.bind,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         connect_timeout: Duration::from_secs(args.connect_timeout),
+        connections,
         ..ServerConfig::default()
+    };
+
+    tokio::spawn(keep_inventory(local_addresses));
+    let restore_pm = match args.path_manager {
+        PmMode::Userspace => {
+            let restore = enable_userspace_pm()?;
+            let pm = tokio::spawn(mptcp_socks::run_userspace_pm(
+                config.connections.clone(),
+                stopped(),
+            ));
+            // Fail at start, with the reason, rather than run without subflows.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if pm.is_finished() {
+                restore_sysctl(restore.as_ref());
+                match pm.await {
+                    Ok(Err(e)) if e.is_permission_denied() => bail!(
+                        "--path-manager userspace needs CAP_NET_ADMIN for the mptcp_pm netlink \
+                         family: {e}"
+                    ),
+                    Ok(Err(e)) => bail!("cannot start the userspace path manager: {e}"),
+                    _ => bail!("the userspace path manager stopped at once"),
+                }
+            }
+            restore
+        }
+        _ => None,
     };
 
     tokio::spawn(async move {
@@ -172,11 +220,98 @@ async fn main() -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    mptcp_socks::serve(socks, config, policy, stopped()).await?;
+    let served = mptcp_socks::serve(socks, config, policy, stopped()).await;
+    restore_sysctl(restore_pm.as_ref());
+    served?;
     if let Some(task) = api_task {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Switches this network namespace to the userspace path manager. Returns the sysctl
+/// and its previous value, to restore on exit, or `None` if it was already set.
+fn enable_userspace_pm() -> anyhow::Result<Option<(PathBuf, String)>> {
+    let dir = std::path::Path::new("/proc/sys/net/mptcp");
+    // Linux 6.15 names it path_manager; older kernels have pm_type (1 = userspace).
+    let (path, wanted) = if dir.join("path_manager").exists() {
+        (dir.join("path_manager"), "userspace")
+    } else {
+        (dir.join("pm_type"), "1")
+    };
+    let old = std::fs::read_to_string(&path)
+        .with_context(|| {
+            format!(
+                "--path-manager userspace needs upstream MPTCP with a userspace path manager \
+                 (Linux 5.19+): cannot read {}",
+                path.display()
+            )
+        })?
+        .trim()
+        .to_owned();
+    if old == wanted {
+        return Ok(None);
+    }
+    std::fs::write(&path, wanted).with_context(|| {
+        format!(
+            "--path-manager userspace needs CAP_NET_ADMIN to set {}={wanted} in this network \
+             namespace: run as root, or set it yourself (sysctl -w net.mptcp.{}={wanted})",
+            path.display(),
+            path.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+        )
+    })?;
+    tracing::info!(
+        "set {}={wanted} for this network namespace (restored to {old} on exit); \
+         connections of other programs get the default path manager from this daemon",
+        path.display()
+    );
+    Ok(Some((path, old)))
+}
+
+fn restore_sysctl(saved: Option<&(PathBuf, String)>) {
+    if let Some((path, old)) = saved
+        && let Err(e) = std::fs::write(path, old)
+    {
+        tracing::warn!("cannot restore {} to {old}: {e}", path.display());
+    }
+}
+
+/// Keeps the local address inventory in step with the kernel's endpoint list
+/// (`ip mptcp endpoint`), which the API shows and both path managers use.
+async fn keep_inventory(inventory: LocalAddresses) {
+    let client = match mptcp_netlink::PmClient::connect().await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::debug!("no endpoint inventory: {e}");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        match client.endpoints().await {
+            Ok(endpoints) => inventory.set(
+                endpoints
+                    .iter()
+                    .map(|e| LocalEndpoint {
+                        id: e.id,
+                        addr: e.addr,
+                        flags: e
+                            .flags
+                            .to_string()
+                            .split(',')
+                            .filter(|f| !f.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                        ifindex: e.ifindex.and_then(|i| u32::try_from(i).ok()),
+                    })
+                    .collect(),
+            ),
+            Err(e) => tracing::debug!("cannot read the endpoint list: {e}"),
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

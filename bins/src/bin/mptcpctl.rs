@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mptcp_policy::{PathManager, Scheduler};
-use mptcp_socks_bins::{Health, RuleView, rule_path};
+use mptcp_socks_bins::{Capabilities, ConnectionView, Health, RuleView, rule_path};
 use serde_json::{Value, json};
 use ureq::http::{Response, StatusCode};
 
@@ -47,6 +47,12 @@ enum Command {
     Rules(RulesCommand),
     /// Is the daemon up, how many rules, did the last reload of the rule file fail?
     Health,
+    /// What this host offers: kernel MPTCP, path-manager mode, schedulers, local addresses.
+    #[command(alias = "caps")]
+    Capabilities,
+    /// The live proxied connections, with their subflows and each one's share of traffic.
+    #[command(alias = "conns")]
+    Connections,
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,7 +175,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             if rules.is_empty() {
                 println!("no rules: every destination gets the defaults (MPTCP on)");
             } else {
-                print!("{}", table(&rules));
+                print!("{}", rules_table(&rules));
             }
             Ok(())
         }
@@ -179,7 +185,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 return print_json(&body);
             }
             let rule: RuleView = from_value(body)?;
-            print!("{}", table(std::slice::from_ref(&rule)));
+            print!("{}", rules_table(std::slice::from_ref(&rule)));
             Ok(())
         }
         Command::Rules(RulesCommand::Add {
@@ -209,12 +215,37 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 rule.scheduler,
                 rule.path_manager
             );
+            for reason in &rule.not_in_effect {
+                println!("not in effect here: {reason}");
+            }
             Ok(())
         }
         Command::Rules(RulesCommand::Rm { destination }) => {
             client.expect_ok(client.delete(&rule_path(destination))?)?;
             if !cli.json {
                 println!("removed rule for {destination}");
+            }
+            Ok(())
+        }
+        Command::Capabilities => {
+            let body = client.expect_ok(client.get("/capabilities")?)?;
+            if cli.json {
+                return print_json(&body);
+            }
+            let capabilities: Capabilities = from_value(body)?;
+            print!("{}", capabilities_text(&capabilities));
+            Ok(())
+        }
+        Command::Connections => {
+            let body = client.expect_ok(client.get("/connections")?)?;
+            if cli.json {
+                return print_json(&body);
+            }
+            let connections: Vec<ConnectionView> = from_value(body)?;
+            if connections.is_empty() {
+                println!("no live connections");
+            } else {
+                print!("{}", connections_table(&connections));
             }
             Ok(())
         }
@@ -225,20 +256,182 @@ fn on_off(enabled: bool) -> &'static str {
     if enabled { "on" } else { "off" }
 }
 
-fn table(rules: &[RuleView]) -> String {
-    let header = ["DESTINATION", "MPTCP", "SCHEDULER", "PATH MANAGER"];
-    let rows: Vec<[&str; 4]> = rules
-        .iter()
-        .map(|r| {
+/// The rules, a `!` before each one not (fully) in effect on the daemon's host, and why
+/// below the table.
+fn rules_table(rules: &[RuleView]) -> String {
+    let header = ["", "DESTINATION", "MPTCP", "SCHEDULER", "PATH MANAGER"].map(str::to_owned);
+    let rows = rules.iter().map(|r| {
+        [
+            if r.in_effect { "" } else { "!" }.to_owned(),
+            r.ip.clone(),
+            on_off(r.enable).to_owned(),
+            r.scheduler.clone(),
+            r.path_manager.clone(),
+        ]
+    });
+    let mut out = table(header, rows);
+    let not_in_effect: Vec<&RuleView> = rules.iter().filter(|r| !r.in_effect).collect();
+    if !not_in_effect.is_empty() {
+        out.push_str("\n! not (fully) in effect on this host:\n");
+        for rule in not_in_effect {
+            for reason in &rule.not_in_effect {
+                let _ = writeln!(out, "  {}: {reason}", rule.ip);
+            }
+        }
+    }
+    out
+}
+
+fn capabilities_text(c: &Capabilities) -> String {
+    let mut out = String::new();
+    let mptcp = match (c.kernel.as_str(), c.mptcp_enabled) {
+        ("none", _) => "no MPTCP".to_owned(),
+        ("legacy", true) => "legacy multipath-tcp.org MPTCP, enabled".to_owned(),
+        (flavour, true) => format!("{flavour} MPTCP, enabled"),
+        (flavour, false) => format!("{flavour} MPTCP, disabled (net.mptcp.enabled=0)"),
+    };
+    let _ = writeln!(out, "kernel:          {mptcp}");
+    let _ = writeln!(
+        out,
+        "path manager:    {} (daemon); namespace: {}",
+        c.path_manager_mode,
+        c.kernel_path_manager.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(
+        out,
+        "scheduler:       {} (available: {})",
+        c.scheduler.as_deref().unwrap_or("-"),
+        if c.available_schedulers.is_empty() {
+            "-".to_owned()
+        } else {
+            c.available_schedulers.join(", ")
+        }
+    );
+    if c.local_addresses.is_empty() {
+        let _ = writeln!(
+            out,
+            "local addresses: none (add them with: ip mptcp endpoint add ADDRESS dev IF subflow)"
+        );
+    } else {
+        let _ = writeln!(out, "local addresses:");
+        let header = ["  ID", "ADDRESS", "INTERFACE", "FLAGS"].map(str::to_owned);
+        let rows = c.local_addresses.iter().map(|a| {
             [
-                r.ip.as_str(),
-                on_off(r.enable),
-                r.scheduler.as_str(),
-                r.path_manager.as_str(),
+                format!("  {}", a.id),
+                a.addr.to_string(),
+                a.interface
+                    .clone()
+                    .or_else(|| a.ifindex.map(|i| format!("#{i}")))
+                    .unwrap_or_else(|| "-".into()),
+                if a.flags.is_empty() {
+                    "-".to_owned()
+                } else {
+                    a.flags.join(",")
+                },
             ]
+        });
+        out.push_str(&table(header, rows));
+    }
+    for note in &c.notes {
+        let _ = writeln!(out, "note: {note}");
+    }
+    out
+}
+
+/// One row per connection, then one line per subflow with its share of the connection's
+/// traffic (what shows that every link carries some).
+fn connections_table(connections: &[ConnectionView]) -> String {
+    let header = [
+        "ID",
+        "CLIENT",
+        "TARGET",
+        "TRANSPORT",
+        "RULE",
+        "AGE",
+        "SUBFLOWS",
+    ]
+    .map(str::to_owned);
+    let rows = connections.iter().map(|c| {
+        [
+            c.id.to_string(),
+            c.client.to_string(),
+            c.target.clone(),
+            c.transport.clone(),
+            c.rule.clone(),
+            format!("{}s", c.age_s),
+            c.subflows.len().to_string(),
+        ]
+    });
+    let rendered = table(header, rows);
+    let mut lines = rendered.lines();
+    let mut out = String::new();
+    let _ = writeln!(out, "{}", lines.next().unwrap_or_default());
+    // Each connection's subflows right under it.
+    for (line, c) in lines.zip(connections) {
+        let _ = writeln!(out, "{line}");
+        out.push_str(&subflow_lines(c));
+    }
+    out
+}
+
+fn subflow_lines(c: &ConnectionView) -> String {
+    let total: u64 = c
+        .subflows
+        .iter()
+        .map(|s| s.bytes_acked + s.bytes_received)
+        .sum();
+    let rows = c.subflows.iter().map(|s| {
+        let bytes = s.bytes_acked + s.bytes_received;
+        let share = if total == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.0}%", bytes as f64 * 100.0 / total as f64)
+        };
+        [
+            format!("    {} -> {}", s.local, s.remote),
+            format!("sent {}", human_bytes(s.bytes_acked)),
+            format!("received {}", human_bytes(s.bytes_received)),
+            share,
+            // Loopback and LAN round trips are well under a millisecond.
+            if s.rtt_ms < 10.0 {
+                format!("rtt {:.2} ms", s.rtt_ms)
+            } else {
+                format!("rtt {:.0} ms", s.rtt_ms)
+            },
+        ]
+    });
+    let rendered = table([(); 5].map(|()| String::new()), rows);
+    // Drop the empty header line.
+    rendered
+        .lines()
+        .skip(1)
+        .fold(String::new(), |mut out, line| {
+            let _ = writeln!(out, "{line}");
+            out
         })
-        .collect();
-    let mut widths = header.map(str::len);
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Left-aligned columns two spaces apart, the header first.
+fn table<const N: usize>(
+    header: [String; N],
+    rows: impl IntoIterator<Item = [String; N]>,
+) -> String {
+    let rows: Vec<[String; N]> = rows.into_iter().collect();
+    let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
@@ -370,5 +563,62 @@ impl Client {
             message.push_str("; pass --token or set MPTCP_SOCKS_API_TOKEN");
         }
         Err(Failure::Api(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts_read_as_operators_expect() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+    }
+
+    #[test]
+    fn subflow_shares_add_up_per_connection() {
+        let subflow = |local: &str, sent: u64, received: u64| mptcp_socks_bins::SubflowView {
+            local: local.parse().expect("addr"),
+            remote: "192.0.2.1:443".parse().expect("addr"),
+            bytes_acked: sent,
+            bytes_received: received,
+            rtt_ms: 12.5,
+        };
+        let connection = ConnectionView {
+            id: 7,
+            client: "127.0.0.1:5000".parse().expect("addr"),
+            target: "example.com:443".into(),
+            remote: "192.0.2.1:443".parse().expect("addr"),
+            local: "10.0.1.1:40000".parse().expect("addr"),
+            rule: "default".into(),
+            transport: "mptcp".into(),
+            token: Some(1),
+            age_s: 3,
+            subflows: vec![
+                subflow("10.0.1.1:40000", 600, 150),
+                subflow("10.0.2.1:40001", 200, 50),
+            ],
+        };
+        let out = connections_table(std::slice::from_ref(&connection));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(lines[0].starts_with("ID"), "{out}");
+        assert!(
+            lines[1].starts_with("7 ") && lines[1].contains("example.com:443"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains("10.0.1.1:40000 -> 192.0.2.1:443") && lines[2].contains("75%"),
+            "{out}"
+        );
+        assert!(
+            lines[3].contains("10.0.2.1:40001")
+                && lines[3].contains("25%")
+                && lines[3].contains("rtt 12 ms"),
+            "{out}"
+        );
     }
 }

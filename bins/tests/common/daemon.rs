@@ -28,8 +28,11 @@ impl Daemon {
     /// Starts `cmd` (the daemon binary, possibly behind `ip netns exec`) and waits until it
     /// logs its SOCKS listener and, if `expect_api`, its REST API listener.
     pub fn start(mut cmd: Command, expect_api: bool) -> anyhow::Result<Daemon> {
-        cmd.env("RUST_LOG", "info")
-            .stdin(Stdio::null())
+        // The test's own RUST_LOG, if any, reaches the daemon (handy for debugging).
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = NsChild::spawn(&mut cmd).context("spawning mptcp-socksd")?;

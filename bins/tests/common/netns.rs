@@ -1161,3 +1161,13 @@ where
         fetch_pattern(&mut stream, bytes)
     })
 }
+
+/// Waits for a transfer started on its own thread (e.g. with [`fetch_in_netns`]).
+///
+/// # Errors
+/// The transfer failed or its thread panicked.
+pub fn join_transfer(handle: JoinHandle<anyhow::Result<Transfer>>) -> anyhow::Result<Transfer> {
+    handle
+        .join()
+        .map_err(|_| anyhow!("transfer thread panicked"))?
+}
