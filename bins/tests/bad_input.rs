@@ -207,3 +207,57 @@ fn an_api_beyond_loopback_needs_a_token() {
     assert!(!out.status.success());
     assert!(stderr.contains("--api-token"), "{stderr}");
 }
+
+#[test]
+fn settings_that_cannot_take_effect_are_refused_or_reported() {
+    if !std::path::Path::new("/proc/sys/net/mptcp/enabled").exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI needs upstream MPTCP");
+        eprintln!("skipping: no upstream MPTCP here");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules");
+    let mut cmd = daemon_bin();
+    cmd.args([
+        "-i",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--api",
+        "127.0.0.1:0",
+        "--policy",
+    ])
+    .arg(&rules);
+    let daemon = Daemon::start(cmd, true).expect("daemon starts");
+    let post = |body: &str| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-X", "POST", "--json", body])
+            .arg(daemon.api_url("/rules"));
+        curl(cmd).expect("curl")
+    };
+    // binder exists only on the legacy kernel; upstream ships only the default scheduler.
+    let (status, body) = post(r#"{"enable": "1", "ip": "a.test", "path_manager": "binder"}"#);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("legacy"), "{body}");
+    let (status, body) = post(r#"{"enable": "1", "ip": "a.test", "scheduler": "redundant"}"#);
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("available: default"), "{body}");
+    assert!(!rules.exists(), "a refused rule reached the file");
+    // fullmesh is accepted, and reported as not in effect with the flag that fixes it.
+    let (status, body) = post(r#"{"enable": "1", "ip": "a.test", "path_manager": "fullmesh"}"#);
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains(r#""in_effect":false"#), "{body}");
+    assert!(body.contains("--path-manager userspace"), "{body}");
+    let (status, caps) = curl({
+        let mut c = Command::new("curl");
+        c.arg(daemon.api_url("/capabilities"));
+        c
+    })
+    .expect("curl");
+    assert_eq!(status, 200);
+    assert!(
+        caps.contains(r#""path_manager_mode":"in-kernel""#),
+        "{caps}"
+    );
+    assert!(caps.contains(r#""kernel":"upstream""#), "{caps}");
+}

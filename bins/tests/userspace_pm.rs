@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::daemon::Daemon;
+use common::daemon::{Daemon, curl};
 use common::netns::{ConnReport, Ns, PATH_A_IF, PATH_B_IF, PatternServer, Proto, Topology};
 use common::socks::{self, Target};
 
@@ -88,8 +88,8 @@ fn setup(rules: &str) -> anyhow::Result<Option<Setup>> {
         .arg(SOCKS_PORT.to_string())
         .arg("--policy")
         .arg(&policy)
-        .args(["--api", "off", "--path-manager", "userspace"]);
-    let daemon = Daemon::start(cmd, false)?;
+        .args(["--api", "127.0.0.1:5000", "--path-manager", "userspace"]);
+    let daemon = Daemon::start(cmd, true)?;
     Ok(Some(Setup {
         daemon,
         server,
@@ -99,6 +99,15 @@ fn setup(rules: &str) -> anyhow::Result<Option<Setup>> {
 }
 
 impl Setup {
+    /// GETs `path` from the daemon's REST API, from inside the proxy namespace.
+    fn api(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let mut cmd = self.topo.command(Ns::Proxy, "curl");
+        cmd.arg(self.daemon.api_url(path));
+        let (status, body) = curl(cmd)?;
+        anyhow::ensure!(status == 200, "GET {path}: {status} {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
     fn fetch(&self, name: &str, bytes: u64) -> anyhow::Result<ConnReport> {
         let proxy = SocketAddr::from((self.topo.addrs().proxy_lan, SOCKS_PORT));
         let port = self.server.port();
@@ -227,6 +236,34 @@ fn a_subflow_lost_with_its_link_is_recreated_when_the_link_returns() -> anyhow::
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_millis(1000));
+
+    // What the operator sees meanwhile: the mode, the inventory, and the connection with
+    // one subflow per path, each carrying a share of the bytes.
+    let caps = s.api("/capabilities")?;
+    assert_eq!(caps["path_manager_mode"], "userspace", "{caps}");
+    assert_eq!(caps["kernel_path_manager"], "userspace", "{caps}");
+    let inventory = caps["local_addresses"].to_string();
+    assert!(inventory.contains(&a.proxy_b.to_string()), "{caps}");
+    let live = s.api("/connections")?;
+    let subflows = live[0]["subflows"].as_array().context("subflows")?.clone();
+    assert_eq!(live[0]["transport"], "mptcp", "{live}");
+    assert_eq!(live[0]["rule"], "default.test", "{live}");
+    for local in [a.proxy_a, a.proxy_b] {
+        let carried: u64 = subflows
+            .iter()
+            .filter(|sf| {
+                sf["local"]
+                    .as_str()
+                    .is_some_and(|l| l.starts_with(&format!("{local}:")))
+            })
+            .map(|sf| sf["bytes_received"].as_u64().unwrap_or(0))
+            .sum();
+        assert!(
+            carried > 1 << 20,
+            "path of {local} carried {carried} bytes: {live}"
+        );
+    }
+
     s.topo.set_link(Ns::Proxy, PATH_B_IF, false)?;
     assert!(
         s.daemon
