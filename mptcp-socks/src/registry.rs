@@ -89,6 +89,14 @@ impl Connections {
             .map(|e| e.connection.clone())
     }
 
+    /// The MPTCP tokens of the live connections.
+    pub fn tokens(&self) -> std::collections::HashSet<u32> {
+        self.live()
+            .values()
+            .filter_map(|e| e.connection.token)
+            .collect()
+    }
+
     /// How many connections are live.
     pub fn len(&self) -> usize {
         self.live().len()

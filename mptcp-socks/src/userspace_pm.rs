@@ -94,6 +94,8 @@ struct Managed {
     established: bool,
     /// `None` until the owner is known.
     path_manager: Option<PathManager>,
+    /// One of the proxy's connections (not another program's).
+    ours: bool,
     first_seen: Instant,
     /// Remote addresses the server announced, with the server's ids for them.
     announced: Vec<(u8, SocketAddr)>,
@@ -213,6 +215,7 @@ impl Manager {
                     deny_join_id0: c.deny_join_id0(),
                     established: false,
                     path_manager: None,
+                    ours: false,
                     first_seen: Instant::now(),
                     announced: Vec::new(),
                     subflows: vec![(c.local, c.remote)],
@@ -282,6 +285,10 @@ impl Manager {
 
     async fn on_tick(&mut self) {
         self.links.clear();
+        // A CLOSED event lost to ENOBUFS would leave a proxy connection here for good.
+        let live = self.connections.tokens();
+        self.managed
+            .retain(|token, m| !m.ours || live.contains(token));
         let tokens: Vec<u32> = self.managed.keys().copied().collect();
         for token in tokens {
             self.check_links(token).await;
@@ -410,6 +417,7 @@ impl Manager {
         }
         if let Some(connection) = self.connections.by_token(token) {
             m.path_manager = Some(connection.settings.path_manager);
+            m.ours = true;
             tracing::debug!(token, id = connection.id, pm = %connection.settings.path_manager, "managing connection");
         } else if m.first_seen.elapsed() > OWNER_WAIT {
             m.path_manager = Some(PathManager::Default);
