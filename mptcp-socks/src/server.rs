@@ -276,7 +276,7 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
     let paths = mptcp.then(|| seen.describe());
     let id = registration.id();
     drop(registration);
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = format!("{:.2}", started.elapsed().as_secs_f64());
     match relayed {
         Ok((up, down)) => tracing::info!(
             id,
@@ -284,7 +284,7 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
             target = %target_addr,
             up,
             down,
-            seconds,
+            %seconds,
             subflows = paths.as_deref(),
             "closed"
         ),
@@ -292,7 +292,7 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
             id,
             %client,
             target = %target_addr,
-            seconds,
+            %seconds,
             subflows = paths.as_deref(),
             error = %err,
             "relay ended with an error"
