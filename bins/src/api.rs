@@ -34,9 +34,10 @@
 //! Every error is JSON, `{"error": "..."}` (plus `"field"` when one field is at fault):
 //! 400 malformed body, 401 missing or wrong bearer token, 404 no such rule or route,
 //! 405 wrong method, 409 the rule file was broken by a hand edit, 413 body over
-//! [`BODY_LIMIT`], 415 a content type that is not JSON (a missing one, and curl's default form type or text with a JSON body, are accepted), 422 a
-//! well-formed body with an invalid value or one this host refuses, 500 the rule file
-//! could not be written (then nothing changed).
+//! [`BODY_LIMIT`], 415 a content type that is not JSON (a missing one, and curl's default
+//! form type or text with a JSON body, are accepted), 422 a well-formed body with an
+//! invalid value or one this host refuses, 500 the rule file could not be written (then
+//! nothing changed).
 //!
 //! With a token, every route needs `Authorization: Bearer <token>`, except that
 //! `GET /health` answers without it, but then only with the status.

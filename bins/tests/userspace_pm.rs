@@ -197,6 +197,15 @@ fn each_destination_gets_the_subflows_its_rule_names() -> anyhow::Result<()> {
         "{paths:?}"
     );
 
+    // Another program's MPTCP connection in the proxy's namespace (not through the proxy)
+    // gets what the in-kernel path manager would have given it: a subflow per endpoint.
+    let direct = SocketAddr::from((a.server_a, port));
+    s.topo.fetch(Ns::Proxy, bytes, || {
+        common::netns::connect(Proto::Mptcp, direct)
+    })?;
+    let report = s.server.next_report(REPORT_WAIT)?;
+    assert!(report.mptcp && report.max_subflows == 2, "{report:?}");
+
     // MPTCP off: plain TCP, no subflows at all.
     let report = s.fetch("off.test", 1 << 20)?;
     assert!(!report.mptcp, "{report:?}");

@@ -27,8 +27,12 @@ use crate::registry::Connections;
 /// How often links are checked and failed subflows retried.
 const TICK: Duration = Duration::from_millis(250);
 /// How long a new connection may stay unknown to the registry before it is taken for
-/// another program's: the kernel reports it established before `connect` returns here.
-const OWNER_WAIT: Duration = Duration::from_secs(2);
+/// another program's: the kernel reports it established just before `connect` returns
+/// here, and the proxy registers it right after.
+const OWNER_WAIT: Duration = Duration::from_millis(500);
+/// How long a connection taken for another program's is still looked for in the
+/// registry, in case a loaded proxy registered it late: it then gets its own rule.
+const OWNER_RECHECK: Duration = Duration::from_secs(5);
 /// First and largest pause before retrying a subflow that failed while its link is up.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(4);
@@ -412,14 +416,15 @@ impl Manager {
         let Some(m) = self.managed.get_mut(&token) else {
             return;
         };
-        if m.path_manager.is_some() {
+        let age = m.first_seen.elapsed();
+        if m.ours || (m.path_manager.is_some() && age > OWNER_RECHECK) {
             return;
         }
         if let Some(connection) = self.connections.by_token(token) {
             m.path_manager = Some(connection.settings.path_manager);
             m.ours = true;
             tracing::debug!(token, id = connection.id, pm = %connection.settings.path_manager, "managing connection");
-        } else if m.first_seen.elapsed() > OWNER_WAIT {
+        } else if m.path_manager.is_none() && age > OWNER_WAIT {
             m.path_manager = Some(PathManager::Default);
             tracing::debug!(
                 token,
