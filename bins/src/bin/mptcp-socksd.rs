@@ -107,11 +107,14 @@ fn parse_api(s: &str) -> Result<ApiAddr, String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let default_level = if args.quiet { "error" } else { "info" };
+    // Two lines per connection: written by a background thread, so a slow terminal or
+    // pipe never stalls a relay. The guard flushes what is queued when main returns.
+    let (log_writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(log_writer)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
