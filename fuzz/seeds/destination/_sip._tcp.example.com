@@ -1,0 +1,1 @@
+_sip._tcp.example.com
