@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use common::daemon::{Daemon, curl};
+use common::daemon::{Daemon, SOCKS_PORT, curl, start_in_proxy};
 use common::netns::{ConnReport, Ns, PathCounters, PatternServer, Proto, Topology};
 use common::socks::{self, Target};
 
@@ -24,7 +24,6 @@ const MPTCP_BYTES: u64 = 16 << 20;
 /// ~3.5 s over one path.
 const TCP_BYTES: u64 = 8 << 20;
 const REPORT_WAIT: Duration = Duration::from_secs(30);
-const SOCKS_PORT: u16 = 1080;
 
 /// The seed's REST body, verbatim but for the address.
 fn seed_body(enable: &str, ip: &str) -> String {
@@ -56,18 +55,7 @@ impl Setup {
             ],
         )?;
         let server = topo.start_pattern_server(Proto::Mptcp, 0)?;
-        let dir = tempfile::tempdir()?;
-        let policy = dir.path().join("rules");
-        std::fs::write(&policy, rules(&topo))?;
-        let mut cmd = topo.command(Ns::Proxy, env!("CARGO_BIN_EXE_mptcp-socksd"));
-        cmd.arg("-i")
-            .arg(a.proxy_lan.to_string())
-            .arg("-p")
-            .arg(SOCKS_PORT.to_string())
-            .arg("--policy")
-            .arg(&policy)
-            .args(["--api", "127.0.0.1:5000"]);
-        let daemon = Daemon::start(cmd, true)?;
+        let (daemon, dir) = start_in_proxy(&topo, &rules(&topo), &[])?;
         Ok(Some(Setup {
             daemon,
             server,

@@ -13,11 +13,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use common::daemon::{Daemon, curl};
+use common::daemon::{Daemon, SOCKS_PORT, curl, start_in_proxy};
 use common::netns::{ConnReport, Ns, PATH_A_IF, PATH_B_IF, PatternServer, Proto, Topology};
 use common::socks::{self, Target};
 
-const SOCKS_PORT: u16 = 1080;
 const REPORT_WAIT: Duration = Duration::from_secs(60);
 
 struct Setup {
@@ -78,18 +77,7 @@ fn setup(rules: &str) -> anyhow::Result<Option<Setup>> {
         names.iter().map(|n| (*n, a.server_a.into())).collect();
     topo.write_hosts(Ns::Proxy, &hosts)?;
     let server = topo.start_pattern_server(Proto::Mptcp, 0)?;
-    let dir = tempfile::tempdir()?;
-    let policy = dir.path().join("rules");
-    std::fs::write(&policy, rules)?;
-    let mut cmd = topo.command(Ns::Proxy, env!("CARGO_BIN_EXE_mptcp-socksd"));
-    cmd.arg("-i")
-        .arg(a.proxy_lan.to_string())
-        .arg("-p")
-        .arg(SOCKS_PORT.to_string())
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--api", "127.0.0.1:5000", "--path-manager", "userspace"]);
-    let daemon = Daemon::start(cmd, true)?;
+    let (daemon, dir) = start_in_proxy(&topo, rules, &["--path-manager", "userspace"])?;
     Ok(Some(Setup {
         daemon,
         server,

@@ -131,3 +131,29 @@ pub fn curl(mut cmd: Command) -> anyhow::Result<(u16, String)> {
     })?;
     Ok((status, body.to_owned()))
 }
+
+/// The SOCKS port the daemon listens on inside a test topology's proxy namespace.
+pub const SOCKS_PORT: u16 = 1080;
+
+/// Starts mptcp-socksd in `topo`'s proxy namespace on the proxy's client-side address
+/// ([`SOCKS_PORT`]), with `rules` as its rule file and the REST API on 127.0.0.1:5000
+/// there; `extra` flags are appended. The rule file lives in the returned directory.
+pub fn start_in_proxy(
+    topo: &super::netns::Topology,
+    rules: &str,
+    extra: &[&str],
+) -> anyhow::Result<(Daemon, tempfile::TempDir)> {
+    let dir = tempfile::tempdir()?;
+    let policy = dir.path().join("rules");
+    std::fs::write(&policy, rules)?;
+    let mut cmd = topo.command(super::netns::Ns::Proxy, env!("CARGO_BIN_EXE_mptcp-socksd"));
+    cmd.arg("-i")
+        .arg(topo.addrs().proxy_lan.to_string())
+        .arg("-p")
+        .arg(SOCKS_PORT.to_string())
+        .arg("--policy")
+        .arg(&policy)
+        .args(["--api", "127.0.0.1:5000"])
+        .args(extra);
+    Ok((Daemon::start(cmd, true)?, dir))
+}
