@@ -143,3 +143,20 @@ pub(crate) fn get_v6(p: &[u8]) -> Option<IpAddr> {
     let b: [u8; 16] = p.get(..16)?.try_into().ok()?;
     Some(IpAddr::V6(Ipv6Addr::from(b)))
 }
+
+/// The attributes of SUBFLOW_CREATE and SUBFLOW_DESTROY: the connection's token, the
+/// local end (already as address children) and the remote end.
+pub(crate) fn subflow_attrs(
+    token: u32,
+    local: &[Attr],
+    remote: std::net::SocketAddr,
+) -> Result<Vec<Attr>> {
+    Ok(vec![
+        attr(MPTCP_PM_ATTR_TOKEN, token)?,
+        nested(MPTCP_PM_ATTR_ADDR, local)?,
+        nested(
+            MPTCP_PM_ATTR_ADDR_REMOTE,
+            &addr_children(remote.ip(), remote.port(), None, None, None)?,
+        )?,
+    ])
+}

@@ -211,17 +211,8 @@ impl PmClient {
         remote: SocketAddr,
     ) -> Result<()> {
         check_family(local.addr, remote.ip())?;
-        let attrs = vec![
-            attr(MPTCP_PM_ATTR_TOKEN, token)?,
-            nested(
-                MPTCP_PM_ATTR_ADDR,
-                &addr_children(local.addr, 0, local.id, local.ifindex, None)?,
-            )?,
-            nested(
-                MPTCP_PM_ATTR_ADDR_REMOTE,
-                &addr_children(remote.ip(), remote.port(), None, None, None)?,
-            )?,
-        ];
+        let local = addr_children(local.addr, 0, local.id, local.ifindex, None)?;
+        let attrs = subflow_attrs(token, &local, remote)?;
         self.request(
             "SUBFLOW_CREATE",
             MPTCP_PM_CMD_SUBFLOW_CREATE,
@@ -245,17 +236,8 @@ impl PmClient {
         remote: SocketAddr,
     ) -> Result<()> {
         check_family(local.ip(), remote.ip())?;
-        let attrs = vec![
-            attr(MPTCP_PM_ATTR_TOKEN, token)?,
-            nested(
-                MPTCP_PM_ATTR_ADDR,
-                &addr_children(local.ip(), local.port(), None, None, None)?,
-            )?,
-            nested(
-                MPTCP_PM_ATTR_ADDR_REMOTE,
-                &addr_children(remote.ip(), remote.port(), None, None, None)?,
-            )?,
-        ];
+        let local = addr_children(local.ip(), local.port(), None, None, None)?;
+        let attrs = subflow_attrs(token, &local, remote)?;
         self.request(
             "SUBFLOW_DESTROY",
             MPTCP_PM_CMD_SUBFLOW_DESTROY,
