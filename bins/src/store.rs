@@ -280,7 +280,7 @@ impl Inner {
         let in_force = self.policy.load();
         let mut next = match read_policy(&self.path)? {
             Some((Ok(on_disk), text)) => {
-                if !same_policy(&on_disk, &in_force) {
+                if on_disk != *in_force {
                     tracing::info!(
                         path = %self.path.display(),
                         "rule file was edited by hand; applying the change on top of the edit"
@@ -300,7 +300,7 @@ impl Inner {
             None => Policy::clone(&in_force),
         };
         let (result, changed) = change(&mut next);
-        if changed || !same_policy(&next, &in_force) {
+        if changed || next != *in_force {
             if changed {
                 write_atomically(&self.path, next.to_string().as_bytes()).map_err(|source| {
                     StoreError::Write {
@@ -339,7 +339,7 @@ impl Inner {
             }
         };
         self.clear_reload_error();
-        if same_policy(&outcome, &self.policy.load()) {
+        if outcome == *self.policy.load() {
             return Ok(Reloaded::Unchanged);
         }
         let rules = outcome.rules().len();
@@ -374,12 +374,6 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
     }
-}
-
-/// Two policies are the same if they write the same file. (Comments and blank lines of a
-/// hand-edited file are not part of the policy.)
-fn same_policy(a: &Policy, b: &Policy) -> bool {
-    a.to_string() == b.to_string()
 }
 
 /// What [`read_policy`] found: the parse result and the text it came from.
