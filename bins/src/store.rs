@@ -317,6 +317,12 @@ impl Inner {
 
     fn reload_locked(&self) -> Result<Reloaded, StoreError> {
         let (outcome, text) = match read_policy(&self.path) {
+            // An editor writing in place truncates first: a zero-byte file is a write
+            // in progress, not "no rules" (the writer always ends a file with '.').
+            Ok(Some((_, text))) if text.is_empty() => {
+                tracing::debug!(path = %self.path.display(), "rule file is empty; waiting for its content");
+                return Ok(Reloaded::Unchanged);
+            }
             Ok(Some((Ok(on_disk), text))) => (on_disk, text),
             Ok(Some((Err(source), _))) => {
                 let err = StoreError::Parse {

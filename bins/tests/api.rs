@@ -717,6 +717,23 @@ fn replace_by_rename(path: &Path, contents: &str) {
 }
 
 #[tokio::test]
+async fn a_file_truncated_mid_write_does_not_empty_the_policy() {
+    let f = fixture(Some("192.0.2.1,1,default,default,\n.\n"));
+    // What an editor writing in place leaves for an instant.
+    fs::write(&f.path, "").expect("truncate");
+    f.store.reload().await.expect("reload");
+    assert_eq!(
+        f.store.policy().rules().len(),
+        1,
+        "rules dropped on an empty read"
+    );
+    // An empty rule set written on purpose ('.') is honoured.
+    fs::write(&f.path, ".\n").expect("write");
+    f.store.reload().await.expect("reload");
+    assert!(f.store.policy().is_empty());
+}
+
+#[tokio::test]
 async fn watcher_picks_up_hand_edits_and_keeps_the_last_good_policy() {
     let f = fixture(Some("192.0.2.1,1,default,default,\n.\n"));
     let _guard = spawn_watcher(f.store.clone()).expect("watcher");
