@@ -10,7 +10,8 @@ pub enum Error {
     /// One field of a rule is not valid.
     #[error("invalid {field} {input:?}: {reason}")]
     Invalid {
-        /// Which field: "destination", "enable", "scheduler" or "path manager".
+        /// Which field: "destination", "enable", "scheduler", "path manager", "access" or
+        /// "option".
         field: Field,
         /// The text that was given.
         input: String,
@@ -51,6 +52,10 @@ pub enum Field {
     Scheduler,
     /// The fourth field.
     PathManager,
+    /// The `access=` option after the four fields.
+    Access,
+    /// An option after the four fields that is not known.
+    Option,
 }
 
 impl Field {
@@ -61,6 +66,8 @@ impl Field {
             Field::Enable => "enable",
             Field::Scheduler => "scheduler",
             Field::PathManager => "path manager",
+            Field::Access => "access",
+            Field::Option => "option",
         }
     }
 }

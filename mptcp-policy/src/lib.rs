@@ -88,9 +88,9 @@ mod sys;
 pub use effect::{Limitation, PmMode, limitations};
 pub use error::{Error, Field};
 pub use kernel::{Flavour, KernelSupport};
-pub use policy::{Match, Policy};
-pub use rule::{Destination, DomainName, IpPrefix, PathManager, Rule, Scheduler, Settings};
+pub use policy::{Match, Policy, Refusal};
+pub use rule::{Access, Destination, DomainName, IpPrefix, PathManager, Rule, Scheduler, Settings};
 pub use sys::{
     MptcpInfo, Opened, SubflowInfo, Transport, fallback_count, is_mptcp, local_address_up,
-    mptcp_info, open_outbound, subflows, transport,
+    local_addresses, mptcp_info, open_outbound, subflows, transport,
 };

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::error::Error;
-use crate::rule::{Destination, Rule, Settings, mask};
+use crate::rule::{Access, Destination, Rule, Settings, mask};
 
 /// A set of rules with at most one rule per destination, kept in file order and indexed
 /// for lookup.
@@ -26,6 +26,29 @@ pub struct Match<'a> {
     /// The rule that matched, or `None` for the built-in default (try MPTCP, fall back
     /// to TCP).
     pub rule: Option<&'a Rule>,
+}
+
+/// Why [`Policy::check_access`] refused a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// A rule with `access=deny` covers the destination: the rule's destination.
+    Denied(Destination),
+    /// The address is the proxy's own host or link-local, and no address or prefix rule
+    /// with `access=allow` covers it.
+    Protected,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Denied(rule) => write!(f, "the rule for {rule} says access=deny"),
+            Refusal::Protected => f.write_str(
+                "the proxy's own host and link-local addresses are refused unless an address \
+                 or prefix rule says access=allow",
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -233,6 +256,40 @@ impl Policy {
                 settings: Settings::default(),
                 rule: None,
             },
+        }
+    }
+
+    /// Whether a connection to `addr`, requested by `name` if the client gave a name, may
+    /// go ahead. `protected` says whether `addr` is the proxy's own host or link-local
+    /// (the caller knows the host's addresses; this crate does not look).
+    ///
+    /// 1. The rule [`Policy::lookup`] picks says `access=deny`: refused.
+    /// 2. The address's own rules (exact address, then longest prefix; never name rules
+    ///    or `*`) say `access=deny`: refused, so a blocked network stays blocked under
+    ///    any name. They say `access=allow`: allowed, even when protected.
+    /// 3. `protected`: refused. Only an address or prefix rule can open the host itself,
+    ///    because a name can be made to resolve anywhere (DNS rebinding).
+    /// 4. Allowed.
+    ///
+    /// # Errors
+    /// The [`Refusal`] that applies.
+    pub fn check_access(
+        &self,
+        name: Option<&str>,
+        addr: IpAddr,
+        protected: bool,
+    ) -> Result<(), Refusal> {
+        let denied = |i: usize| Refusal::Denied(self.rules[i].destination.clone());
+        if let Some(rule) = self.lookup(name, addr).rule
+            && rule.access == Access::Deny
+        {
+            return Err(Refusal::Denied(rule.destination.clone()));
+        }
+        match self.match_addr(addr) {
+            Some(i) if self.rules[i].access == Access::Deny => Err(denied(i)),
+            Some(i) if self.rules[i].access == Access::Allow => Ok(()),
+            _ if protected => Err(Refusal::Protected),
+            _ => Ok(()),
         }
     }
 
@@ -449,6 +506,91 @@ mod tests {
         assert_eq!(removed.destination.to_string(), "10.9.0.0/16");
         assert!(policy.lookup(None, ip("10.9.1.1")).rule.is_none());
         assert!(policy.remove(&"10.9.0.0/16".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn access_deny_blocks_allow_opens_only_by_address() {
+        let policy = Policy::parse(
+            "127.0.0.1,0,default,default,access=allow,\n\
+             10.0.0.0/8,1,default,default,access=deny,\n\
+             10.1.0.0/16,1,default,default,access=allow,\n\
+             blocked.example,1,default,default,access=deny,\n\
+             open.example,1,default,default,access=allow,\n\
+             *.example,1,default,default,\n\
+             *,1,default,default,access=allow,\n",
+        )
+        .unwrap();
+        let denied = |d: &str| Err(Refusal::Denied(d.parse().unwrap()));
+        let table: &[(Option<&str>, &str, bool, Result<(), Refusal>)] = &[
+            (None, "127.0.0.1", true, Ok(())),
+            (None, "::ffff:127.0.0.1", true, Ok(())),
+            (None, "127.0.0.2", true, Err(Refusal::Protected)),
+            (None, "::1", true, Err(Refusal::Protected)),
+            (None, "192.0.2.1", false, Ok(())),
+            (None, "10.2.3.4", false, denied("10.0.0.0/8")),
+            (None, "10.1.3.4", false, Ok(())),
+            // A name rule does not lift the deny of the network the name resolves into...
+            (Some("www.example"), "10.2.3.4", false, denied("10.0.0.0/8")),
+            (
+                Some("open.example"),
+                "10.2.3.4",
+                false,
+                denied("10.0.0.0/8"),
+            ),
+            // ... nor open the host itself, and `*` opens nothing protected.
+            (
+                Some("open.example"),
+                "127.0.0.2",
+                true,
+                Err(Refusal::Protected),
+            ),
+            (
+                Some("other.org"),
+                "192.168.1.1",
+                true,
+                Err(Refusal::Protected),
+            ),
+            // A name deny holds whatever the address.
+            (
+                Some("blocked.example"),
+                "192.0.2.1",
+                false,
+                denied("blocked.example"),
+            ),
+            (
+                Some("blocked.example"),
+                "127.0.0.1",
+                true,
+                denied("blocked.example"),
+            ),
+            (Some("localhost"), "127.0.0.1", true, Ok(())),
+        ];
+        for (name, addr, protected, expected) in table {
+            assert_eq!(
+                &policy.check_access(*name, ip(addr), *protected),
+                expected,
+                "{name:?} {addr}"
+            );
+        }
+        let deny_all =
+            Policy::parse("*,1,default,default,access=deny,\nok.example,1,default,default,\n")
+                .unwrap();
+        assert_eq!(
+            deny_all.check_access(None, ip("192.0.2.1"), false),
+            Err(Refusal::Denied(Destination::Any))
+        );
+        assert_eq!(
+            deny_all.check_access(Some("ok.example"), ip("192.0.2.1"), false),
+            Ok(())
+        );
+        assert_eq!(
+            Policy::default().check_access(None, ip("192.0.2.1"), false),
+            Ok(())
+        );
+        assert_eq!(
+            Policy::default().check_access(None, ip("127.0.0.1"), true),
+            Err(Refusal::Protected)
+        );
     }
 
     #[test]

@@ -310,6 +310,26 @@ keyword_enum!(
     }
 );
 
+keyword_enum!(
+    /// Whether connections to a rule's destination may go ahead: the `access=` option.
+    ///
+    /// Without it (`default`), a destination may be reached unless it is the proxy's own
+    /// host (loopback, unspecified, the host's own addresses) or link-local; the proxy
+    /// checks that on the address it is about to connect to. `allow` on an address or
+    /// prefix rule opens such an address deliberately (a service on the box); `deny`
+    /// refuses the destination, under any name that resolves into it when the rule is an
+    /// address or prefix rule. See [`Policy::check_access`](crate::Policy::check_access).
+    Access, Field::Access, {
+        /// No access setting: the host itself and link-local are refused, all else allowed.
+        #[default]
+        Default = "default",
+        /// Allowed, even when the address is the proxy's own host (address and prefix rules).
+        Allow = "allow",
+        /// Refused with SOCKS reply 0x02 (connection not allowed by ruleset).
+        Deny = "deny",
+    }
+);
+
 /// The MPTCP path manager a rule asks for: which subflows a connection gets.
 ///
 /// Written as in the seed (`default`, `fullmesh`, `ndiffports`, `binder`), plus
@@ -448,6 +468,8 @@ pub struct Rule {
     pub destination: Destination,
     /// How to connect there.
     pub settings: Settings,
+    /// Whether connections there may go ahead at all.
+    pub access: Access,
 }
 
 impl Rule {
@@ -470,7 +492,36 @@ impl Rule {
                 scheduler: scheduler.trim().parse()?,
                 path_manager: path_manager.trim().parse()?,
             },
+            access: Access::Default,
         })
+    }
+
+    /// Sets one option of the form `key=value` that may follow the four fields in the
+    /// rule file (today only `access=default|allow|deny`). Surrounding white space is
+    /// ignored.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] for an unknown key, a missing `=`, or a bad value.
+    pub fn set_option(&mut self, option: &str) -> Result<(), Error> {
+        let option = option.trim();
+        let Some((key, value)) = option.split_once('=') else {
+            return Err(Error::invalid(
+                Field::Option,
+                option,
+                "expected key=value after the four fields (e.g. access=deny)",
+            ));
+        };
+        match key.trim() {
+            "access" => self.access = value.trim().parse()?,
+            _ => {
+                return Err(Error::invalid(
+                    Field::Option,
+                    option,
+                    "unknown option; known: access=default|allow|deny",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -478,27 +529,44 @@ impl FromStr for Rule {
     type Err = Error;
 
     /// Parses one line in the seed form: `destination,enable,scheduler,path_manager,`
-    /// (the trailing comma may be left out).
+    /// (the trailing comma may be left out), optionally followed by `key=value,` options
+    /// (see [`Rule::set_option`]), each at most once.
     fn from_str(line: &str) -> Result<Self, Error> {
         let body = line.trim();
         let body = body.strip_suffix(',').unwrap_or(body);
         let fields: Vec<&str> = body.split(',').collect();
-        match fields.as_slice() {
-            [d, e, s, p] => Rule::from_fields(d, e, s, p),
-            _ => Err(Error::invalid(
+        let (four, options) = fields.split_at(fields.len().min(4));
+        let [d, e, s, p] = four else {
+            return Err(Error::invalid(
                 Field::Destination,
                 line,
                 format!(
                     "expected 4 comma-separated values (destination,enable,scheduler,path_manager,), found {}",
                     fields.len()
                 ),
-            )),
+            ));
+        };
+        let mut rule = Rule::from_fields(d, e, s, p)?;
+        let mut keys: Vec<&str> = Vec::new();
+        for option in options {
+            let key = option.split_once('=').map_or(*option, |(k, _)| k).trim();
+            if keys.contains(&key) {
+                return Err(Error::invalid(
+                    Field::Option,
+                    option.trim(),
+                    "this option is given twice",
+                ));
+            }
+            keys.push(key);
+            rule.set_option(option)?;
         }
+        Ok(rule)
     }
 }
 
 impl fmt::Display for Rule {
-    /// The seed's line form, trailing comma included.
+    /// The seed's line form, trailing comma included; options only where they differ from
+    /// the default, so a rule without them prints exactly as the seed wrote it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.settings;
         write!(
@@ -508,7 +576,11 @@ impl fmt::Display for Rule {
             u8::from(s.mptcp),
             s.scheduler,
             s.path_manager
-        )
+        )?;
+        if self.access != Access::Default {
+            write!(f, "access={},", self.access)?;
+        }
+        Ok(())
     }
 }
 
@@ -595,12 +667,22 @@ mod tests {
             "93.184.216.34,1,default,fullmesh,",
             "10.0.0.5,0,default,default,",
             "*.example.com,1,redundant,ndiffports,",
+            "127.0.0.1,0,default,default,access=allow,",
+            "10.0.0.0/8,1,default,default,access=deny,",
         ] {
             let rule: Rule = line.parse().unwrap();
             assert_eq!(rule.to_string(), line);
         }
         let rule: Rule = " 10.0.0.5 , 0 , default , binder ".parse().unwrap();
         assert_eq!(rule.to_string(), "10.0.0.5,0,default,binder,");
+        // The default access is not written, so seed-form lines stay byte for byte.
+        let rule: Rule = "10.0.0.5,0,default,default, access = DEFAULT ,"
+            .parse()
+            .unwrap();
+        assert_eq!(rule.access, Access::Default);
+        assert_eq!(rule.to_string(), "10.0.0.5,0,default,default,");
+        let rule: Rule = "10.0.0.5,0,default,default,access=Deny".parse().unwrap();
+        assert_eq!(rule.access, Access::Deny);
     }
 
     #[test]
@@ -610,7 +692,13 @@ mod tests {
             ("10.0.0.5,1,fast,default,", "scheduler"),
             ("10.0.0.5,1,default,mesh,", "path manager"),
             ("10.0.0.5,1,default,", "found 3"),
-            ("10.0.0.5,1,default,default,extra,", "found 5"),
+            ("10.0.0.5,1,default,default,extra,", "key=value"),
+            ("10.0.0.5,1,default,default,color=red,", "unknown option"),
+            ("10.0.0.5,1,default,default,access=maybe,", "allow, deny"),
+            (
+                "10.0.0.5,1,default,default,access=deny,access=allow,",
+                "twice",
+            ),
         ];
         for (line, what) in cases {
             let err = line.parse::<Rule>().expect_err(line).to_string();

@@ -520,12 +520,31 @@ pub fn subflows(socket: &impl AsFd) -> io::Result<Option<Vec<SubflowInfo>>> {
 /// # Errors
 /// When the interface list cannot be read (`getifaddrs`).
 pub fn local_address_up(addr: std::net::IpAddr) -> io::Result<Option<bool>> {
+    let found = interface_addresses()?
+        .into_iter()
+        .find_map(|(name, a)| (a == addr).then_some(name));
+    // The link's flags now, from the kernel: getifaddrs' copy of them on address
+    // entries was seen stale here.
+    found.map(|name| interface_up(&name)).transpose()
+}
+
+/// Every IPv4 and IPv6 address of an interface of this network namespace (up or not),
+/// as `getifaddrs` lists them: the addresses a connection to "this host" can reach.
+///
+/// # Errors
+/// When the interface list cannot be read (`getifaddrs`).
+pub fn local_addresses() -> io::Result<Vec<std::net::IpAddr>> {
+    Ok(interface_addresses()?.into_iter().map(|(_, a)| a).collect())
+}
+
+/// `(interface name, address)` for every IPv4 and IPv6 address `getifaddrs` lists.
+fn interface_addresses() -> io::Result<Vec<(std::ffi::CString, std::net::IpAddr)>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates the list and stores its head in `list`.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let mut found: Option<std::ffi::CString> = None;
+    let mut found = Vec::new();
     let mut cursor = list;
     while !cursor.is_null() {
         // SAFETY: `cursor` is a node of the list getifaddrs returned, freed only below.
@@ -556,17 +575,15 @@ pub fn local_address_up(addr: std::net::IpAddr) -> io::Result<Option<bool>> {
                 len,
             );
         }
-        if socket_addr(&storage).map(|a| a.ip()) == Some(addr) {
+        if let Some(addr) = socket_addr(&storage) {
             // SAFETY: ifa_name is a NUL-terminated interface name owned by the list.
-            found = Some(unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_owned());
-            break;
+            let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }.to_owned();
+            found.push((name, addr.ip()));
         }
     }
     // SAFETY: frees the list getifaddrs allocated; nothing borrowed from it survives.
     unsafe { libc::freeifaddrs(list) };
-    // The link's flags now, from the kernel: getifaddrs' copy of them on address
-    // entries was seen stale here.
-    found.map(|name| interface_up(&name)).transpose()
+    Ok(found)
 }
 
 /// Whether the interface is administratively up and has carrier (`SIOCGIFFLAGS`).

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use mptcp_policy::{Destination, IpPrefix, PathManager, Policy, Rule, Scheduler, Settings};
+use mptcp_policy::{Access, Destination, IpPrefix, PathManager, Policy, Rule, Scheduler, Settings};
 use proptest::prelude::*;
 
 fn destination() -> impl Strategy<Value = Destination> {
@@ -45,15 +45,19 @@ fn rule() -> impl Strategy<Value = Rule> {
             proptest::sample::select(PathManager::ALL),
             (1..=PathManager::MAX_NDIFFPORTS).prop_map(|n| PathManager::Ndiffports(Some(n))),
         ],
+        proptest::sample::select(Access::ALL),
     )
-        .prop_map(|(destination, mptcp, scheduler, path_manager)| Rule {
-            destination,
-            settings: Settings {
-                mptcp,
-                scheduler,
-                path_manager,
+        .prop_map(
+            |(destination, mptcp, scheduler, path_manager, access)| Rule {
+                destination,
+                settings: Settings {
+                    mptcp,
+                    scheduler,
+                    path_manager,
+                },
+                access,
             },
-        })
+        )
 }
 
 proptest! {

@@ -317,3 +317,12 @@ fn local_address_up_follows_the_link() {
         );
     }
 }
+
+#[test]
+fn local_addresses_include_loopback() {
+    let addrs = mptcp_policy::local_addresses().expect("getifaddrs");
+    assert!(
+        addrs.contains(&std::net::IpAddr::from([127, 0, 0, 1])),
+        "{addrs:?}"
+    );
+}
