@@ -133,7 +133,7 @@ fn run(scale: Scale) -> anyhow::Result<()> {
     let echo = free_port()?;
     let source = free_port()?;
     let policy = dir.path().join("load.rules");
-    std::fs::write(&policy, "127.0.0.1,0,default,default,\n.\n")?;
+    std::fs::write(&policy, "127.0.0.1,0,default,default,access=allow,\n.\n")?;
 
     // Started from this (main) thread: their parent-death signal follows it.
     let socksd_port = free_port()?;

@@ -1394,7 +1394,7 @@ async fn a_rule_file_for_another_host_loads_with_a_warning_per_line() {
 /// subflow and traffic, and so does `mptcpctl connections`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_connections_through_a_real_socks_server() {
-    let f = fixture(Some("127.0.0.1,1,default,default,\n.\n"));
+    let f = fixture(Some("127.0.0.1,1,default,default,access=allow,\n.\n"));
 
     // An echo server that speaks MPTCP (a plain TCP one would make the connection fall
     // back), on a thread of its own.

@@ -52,7 +52,7 @@ fn fresh(daemon: &Daemon) -> TcpStream {
 fn bad_clients_get_their_error_and_the_daemon_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rules = dir.path().join("rules");
-    std::fs::write(&rules, "127.0.0.1,0,default,default,\n.\n").expect("write rules");
+    std::fs::write(&rules, "127.0.0.1,0,default,default,access=allow,\n.\n").expect("write rules");
     let mut cmd = daemon_bin();
     cmd.args(["-i", "127.0.0.1", "-p", "0", "--api", "127.0.0.1:0"])
         .args(["-u", USER.0, "-P", USER.1])

@@ -521,7 +521,8 @@ mod tests {
         )
         .unwrap();
         let denied = |d: &str| Err(Refusal::Denied(d.parse().unwrap()));
-        let table: &[(Option<&str>, &str, bool, Result<(), Refusal>)] = &[
+        type Case<'a> = (Option<&'a str>, &'a str, bool, Result<(), Refusal>);
+        let table: &[Case<'_>] = &[
             (None, "127.0.0.1", true, Ok(())),
             (None, "::ffff:127.0.0.1", true, Ok(())),
             (None, "127.0.0.2", true, Err(Refusal::Protected)),

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::registry::Connections;
@@ -32,9 +32,9 @@ impl Auth {
 
     /// Checks both fields in full (no early exit on the first differing byte), so the time
     /// taken tells a remote guesser little about how much of the password was right.
-    pub(crate) fn matches(&self, username: &str, password: &str) -> bool {
-        let user_ok = constant_time_eq(self.username.as_bytes(), username.as_bytes());
-        let pass_ok = constant_time_eq(self.password.as_bytes(), password.as_bytes());
+    pub(crate) fn matches(&self, username: &[u8], password: &[u8]) -> bool {
+        let user_ok = constant_time_eq(self.username.as_bytes(), username);
+        let pass_ok = constant_time_eq(self.password.as_bytes(), password);
         user_ok & pass_ok
     }
 }
@@ -81,9 +81,29 @@ pub struct ServerConfig {
     /// without authentication from then on (microsocks `-1`), for clients that cannot be
     /// configured with credentials but can be made to authenticate once.
     pub auth_once: bool,
-    /// Client IPs that may skip authentication when [`ServerConfig::auth`] is set
-    /// (microsocks `-w`). Without `auth` every client is already let in, so it has no effect.
+    /// With [`ServerConfig::auth`], client IPs that may skip authentication (microsocks
+    /// `-w`); without it, the only client IPs let in.
     pub allow_list: HashSet<IpAddr>,
+    /// Without `auth` and `allow_list`, only clients from loopback, private (RFC 1918),
+    /// link-local and unique-local (fc00::/7) addresses are let in, so a box whose uplink
+    /// has a public address is not an open proxy for the internet; `true` lets everyone
+    /// in. With `auth` or `allow_list` set it has no effect.
+    pub allow_public_clients: bool,
+    /// Client connections open at once, at most (handshaking or relaying; each relayed
+    /// one holds two file descriptors). Beyond it new clients are closed at once.
+    pub max_connections: usize,
+    /// Connections open at once from one client address (IPv6: one /64), at most, so one
+    /// client cannot take the whole of [`ServerConfig::max_connections`].
+    pub max_connections_per_client: usize,
+    /// A relayed connection on which nothing moved either way for this long is closed;
+    /// `None` keeps idle connections open forever.
+    pub idle_timeout: Option<Duration>,
+    /// Addresses the proxy never connects to, whatever the rules say: its own listeners
+    /// (the SOCKS port itself is added by [`serve`](crate::serve)), so a client cannot
+    /// nest CONNECTs to multiply its connections or reach the REST API through the
+    /// proxy. An unspecified address (`0.0.0.0:5000`) stands for that port on every
+    /// address of the host.
+    pub never_connect: Vec<SocketAddr>,
     /// Local address to bind outbound sockets to before connecting (microsocks `-b`), to
     /// pick the uplink. Used only for destinations of the same address family.
     pub bind_addr: Option<IpAddr>,
@@ -109,6 +129,15 @@ impl Default for ServerConfig {
             auth: None,
             auth_once: false,
             allow_list: HashSet::new(),
+            allow_public_clients: false,
+            // Two descriptors per relayed connection within the common default soft
+            // limit of 1024, leaving room for the rest of the process.
+            max_connections: 480,
+            // A browser opens at most 256 sockets in all (Chromium's pool limit).
+            max_connections_per_client: 256,
+            // Long enough for IMAP IDLE (29 minutes) and an idle SSH session's hour.
+            idle_timeout: Some(Duration::from_secs(3600)),
+            never_connect: Vec::new(),
             bind_addr: None,
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
@@ -136,7 +165,11 @@ mod tests {
             ("", "secret", false),
         ];
         for (user, pass, ok) in table {
-            assert_eq!(auth.matches(user, pass), ok, "{user:?} {pass:?}");
+            assert_eq!(
+                auth.matches(user.as_bytes(), pass.as_bytes()),
+                ok,
+                "{user:?} {pass:?}"
+            );
         }
     }
 

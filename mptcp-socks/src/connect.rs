@@ -3,14 +3,14 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use fast_socks5::ReplyError;
-use fast_socks5::util::target_addr::TargetAddr;
 use mptcp_policy::{Destination, Opened, Policy, Settings, Transport};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::ServerConfig;
 use crate::error::Error;
+use crate::guard::HostAddresses;
 use crate::resolve::{NameResolver, interleave};
+use crate::socks5::{Reply, TargetAddr};
 
 /// An established outbound connection and how it came about, for the log line.
 #[derive(Debug)]
@@ -59,17 +59,22 @@ impl From<&TargetAddr> for Target {
     }
 }
 
-/// Connects to `target`, trying its addresses in turn.
+/// Connects to `target`, trying its addresses in turn. Each address is checked first,
+/// as the socket would connect to it: the proxy's own listeners are never reached, and
+/// the policy's access rules decide the rest ([`Policy::check_access`], with the host's
+/// own and link-local addresses protected).
 ///
 /// # Errors
 ///
 /// The resolver's error, or the most telling of the connect errors: a refusal or timeout
 /// from one family says more than "network unreachable" from a family the host lacks.
+/// [`Error::NotAllowed`] when access was refused.
 pub(crate) async fn connect(
     target: &Target,
     policy: &Policy,
     resolver: &NameResolver,
     config: &ServerConfig,
+    host: &HostAddresses,
 ) -> Result<Outbound, Error> {
     let addrs = match (target.ip, &target.name) {
         (Some(ip), _) => vec![ip],
@@ -82,6 +87,20 @@ pub(crate) async fn connect(
     let mut best: Option<Error> = None;
     for ip in addrs {
         let addr = SocketAddr::new(ip, target.port);
+        let access = if is_own_listener(addr, &config.never_connect, host) {
+            Err("it is one of the proxy's own listeners".to_owned())
+        } else {
+            policy
+                .check_access(target.name.as_deref(), ip, host.is_protected(ip))
+                .map_err(|refusal| refusal.to_string())
+        };
+        if let Err(reason) = access {
+            tracing::debug!(%addr, reason, "destination refused");
+            if best.is_none() {
+                best = Some(Error::NotAllowed(format!("{addr} ({reason})")));
+            }
+            continue;
+        }
         let matched = policy.lookup(target.name.as_deref(), ip);
         match attempt(
             addr,
@@ -107,9 +126,10 @@ pub(crate) async fn connect(
                 tracing::debug!(%addr, error = %err, "outbound attempt failed");
                 let replace = match &best {
                     None => true,
-                    Some(previous) => {
-                        previous.reply().as_u8() == ReplyError::NetworkUnreachable.as_u8()
-                    }
+                    Some(previous) => matches!(
+                        previous.reply(),
+                        Reply::NetworkUnreachable | Reply::ConnectionNotAllowed
+                    ),
                 };
                 if replace {
                     best = Some(err);
@@ -120,6 +140,17 @@ pub(crate) async fn connect(
     Err(best.unwrap_or_else(|| Error::UnknownName {
         name: target.name.clone().unwrap_or_default(),
     }))
+}
+
+/// Whether `addr` is one of `listeners`, an unspecified listener address standing for
+/// its port on every address of the host.
+fn is_own_listener(addr: SocketAddr, listeners: &[SocketAddr], host: &HostAddresses) -> bool {
+    let ip = addr.ip().to_canonical();
+    listeners.iter().any(|listener| {
+        listener.port() == addr.port()
+            && (listener.ip().to_canonical() == ip
+                || (listener.ip().is_unspecified() && host.is_protected(ip)))
+    })
 }
 
 async fn attempt(

@@ -4,9 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fast_socks5::ReplyError;
-use fast_socks5::server::SocksServerError;
-use fast_socks5::util::target_addr::AddrError;
+use crate::socks5::Reply;
 
 /// Why a client connection failed.
 ///
@@ -53,8 +51,8 @@ pub enum Error {
         /// What the resolver reported.
         reason: String,
     },
-    /// The destination is refused by configuration.
-    #[error("connection to {0} not allowed by ruleset")]
+    /// The destination is refused by configuration: the address and why.
+    #[error("connection to {0} not allowed")]
     NotAllowed(String),
     /// Opening, binding or connecting the outbound socket failed.
     #[error("connect to {addr} failed: {source}")]
@@ -94,65 +92,52 @@ impl Error {
     /// Some failures happen before a reply can be sent (timeouts and errors in the greeting
     /// or authentication); for those the code is what a reply would have said, useful for logs.
     #[must_use]
-    pub fn reply(&self) -> ReplyError {
+    pub fn reply(&self) -> Reply {
         match self {
-            Error::UnsupportedCommand(_) => ReplyError::CommandNotSupported,
-            Error::AddressType => ReplyError::AddressTypeNotSupported,
-            Error::UnknownName { .. } | Error::Resolve { .. } => ReplyError::HostUnreachable,
+            Error::UnsupportedCommand(_) => Reply::CommandNotSupported,
+            Error::AddressType => Reply::AddressTypeNotSupported,
+            Error::UnknownName { .. } | Error::Resolve { .. } => Reply::HostUnreachable,
             Error::NotAllowed(_) | Error::AuthFailed { .. } | Error::NoAcceptableAuth(_) => {
-                ReplyError::ConnectionNotAllowed
+                Reply::ConnectionNotAllowed
             }
-            Error::ConnectTimeout { .. } | Error::HandshakeTimeout(_) => ReplyError::TtlExpired,
+            Error::ConnectTimeout { .. } | Error::HandshakeTimeout(_) => Reply::TtlExpired,
             Error::Connect { source, .. } | Error::Io(source) => io_reply(source),
-            Error::Version(_) | Error::Protocol(_) => ReplyError::GeneralFailure,
+            Error::Version(_) | Error::Protocol(_) => Reply::GeneralFailure,
         }
     }
 
     /// Whether the failure is an everyday outcome (clients speaking garbage or going away,
-    /// unreachable targets) rather than something an operator should see: failed logins
-    /// (someone guessing passwords) and local I/O failures. Decides the log level.
+    /// unreachable targets) rather than something an operator should see: local I/O
+    /// failures. Decides the log level. Failed logins are reported apart, as a summary
+    /// per client, so a guesser cannot write one line per guess.
     pub(crate) fn is_routine(&self) -> bool {
-        !matches!(self, Error::Io(_) | Error::AuthFailed { .. })
+        !matches!(self, Error::Io(_))
     }
 }
 
 /// Maps an OS error to a reply code. The raw errno is checked first because several errno
 /// values (EHOSTDOWN, ENETDOWN) have no dedicated `io::ErrorKind`.
-fn io_reply(err: &io::Error) -> ReplyError {
+fn io_reply(err: &io::Error) -> Reply {
     if let Some(code) = err.raw_os_error() {
         match code {
-            libc::ECONNREFUSED => return ReplyError::ConnectionRefused,
+            libc::ECONNREFUSED => return Reply::ConnectionRefused,
             libc::ENETUNREACH | libc::ENETDOWN | libc::EAFNOSUPPORT => {
-                return ReplyError::NetworkUnreachable;
+                return Reply::NetworkUnreachable;
             }
-            libc::EHOSTUNREACH | libc::EHOSTDOWN => return ReplyError::HostUnreachable,
-            libc::ETIMEDOUT => return ReplyError::TtlExpired,
+            libc::EHOSTUNREACH | libc::EHOSTDOWN => return Reply::HostUnreachable,
+            libc::ETIMEDOUT => return Reply::TtlExpired,
             // A local firewall rejecting the connect shows up as EPERM/EACCES.
-            libc::EPERM | libc::EACCES => return ReplyError::ConnectionNotAllowed,
+            libc::EPERM | libc::EACCES => return Reply::ConnectionNotAllowed,
             _ => {}
         }
     }
     match err.kind() {
-        io::ErrorKind::ConnectionRefused => ReplyError::ConnectionRefused,
-        io::ErrorKind::NetworkUnreachable | io::ErrorKind::NetworkDown => {
-            ReplyError::NetworkUnreachable
-        }
-        io::ErrorKind::HostUnreachable => ReplyError::HostUnreachable,
-        io::ErrorKind::TimedOut => ReplyError::TtlExpired,
-        io::ErrorKind::PermissionDenied => ReplyError::ConnectionNotAllowed,
-        _ => ReplyError::GeneralFailure,
-    }
-}
-
-impl From<SocksServerError> for Error {
-    fn from(err: SocksServerError) -> Self {
-        match err {
-            SocksServerError::UnsupportedSocksVersion(v) => Error::Version(v),
-            SocksServerError::AuthMethodUnacceptable(methods) => Error::NoAcceptableAuth(methods),
-            SocksServerError::UnknownCommand(c) => Error::UnsupportedCommand(c),
-            SocksServerError::AddrError(AddrError::IncorrectAddressType) => Error::AddressType,
-            other => Error::Protocol(Box::new(other)),
-        }
+        io::ErrorKind::ConnectionRefused => Reply::ConnectionRefused,
+        io::ErrorKind::NetworkUnreachable | io::ErrorKind::NetworkDown => Reply::NetworkUnreachable,
+        io::ErrorKind::HostUnreachable => Reply::HostUnreachable,
+        io::ErrorKind::TimedOut => Reply::TtlExpired,
+        io::ErrorKind::PermissionDenied => Reply::ConnectionNotAllowed,
+        _ => Reply::GeneralFailure,
     }
 }
 
@@ -222,20 +207,6 @@ mod tests {
         ];
         for (err, code) in table {
             assert_eq!(err.reply().as_u8(), code, "{err}");
-        }
-    }
-
-    #[test]
-    fn fast_socks5_errors_become_ours() {
-        let table: Vec<(SocksServerError, u8)> = vec![
-            (SocksServerError::UnknownCommand(9), 0x07),
-            (AddrError::IncorrectAddressType.into(), 0x08),
-            (SocksServerError::UnsupportedSocksVersion(4), 0x01),
-            (SocksServerError::EOF, 0x01),
-        ];
-        for (err, code) in table {
-            let ours = Error::from(err);
-            assert_eq!(ours.reply().as_u8(), code, "{ours}");
         }
     }
 }

@@ -9,6 +9,10 @@
 //! - CONNECT to IPv4, IPv6 and domain targets. BIND and UDP ASSOCIATE get reply 0x07.
 //! - No authentication, or username/password (RFC 1929) with microsocks' allow-list
 //!   (`-w`) and authenticate-once (`-1`) semantics; optional outbound bind address (`-b`).
+//! - Safe by default: without authentication only clients from local networks are let
+//!   in; the proxy's own host (loopback, its addresses) and link-local destinations are
+//!   refused unless a rule says `access=allow`; connections are capped in all and per
+//!   client; idle relays time out; failed passwords slow the client down.
 //! - Names are resolved with hickory-resolver from the system configuration and
 //!   `/etc/hosts`; with several addresses the families are tried alternately.
 //! - Failures reach the client as the fitting RFC 1928 reply code ([`Error::reply`]).
@@ -38,18 +42,23 @@
 mod config;
 mod connect;
 mod error;
+mod guard;
 mod policy_handle;
 mod registry;
+mod relay;
 mod resolve;
 mod server;
+mod socks5;
 mod stats;
+mod throttle;
 mod userspace_pm;
 
 pub use config::{Auth, ServerConfig};
 pub use error::Error;
-pub use fast_socks5::ReplyError;
 pub use policy_handle::PolicyHandle;
 pub use registry::{Connection, Connections};
-pub use server::serve;
+pub use server::{Server, serve};
+pub use socks5::Reply;
 pub use stats::{Stats, StatsSnapshot};
+pub use throttle::LogThrottle;
 pub use userspace_pm::run_userspace_pm;

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use mptcp_policy::{Destination, Settings, SubflowInfo, Transport};
+use tokio::net::TcpStream;
 
 /// A relayed connection as the proxy opened it.
 #[derive(Debug, Clone)]
@@ -52,14 +53,15 @@ struct Inner {
 #[derive(Debug)]
 struct Entry {
     connection: Connection,
-    /// A duplicate of the outbound socket, so its subflows can be read while it relays.
-    socket: Arc<OwnedFd>,
+    /// The outbound socket, shared with the relay (no duplicate descriptor), so its
+    /// subflows can be read while it relays.
+    socket: Arc<TcpStream>,
 }
 
 impl Connections {
     /// The live connections with their current subflows, oldest first.
     pub fn list(&self) -> Vec<Connection> {
-        let entries: Vec<(Connection, Arc<OwnedFd>)> = self
+        let entries: Vec<(Connection, Arc<TcpStream>)> = self
             .live()
             .values()
             .map(|e| (e.connection.clone(), Arc::clone(&e.socket)))
@@ -111,14 +113,12 @@ impl Connections {
         self.0.live.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a connection until the returned guard drops. `socket` is duplicated, not
-    /// taken. Fills in `id`.
+    /// Adds a connection until the returned guard drops. Fills in `id`.
     pub(crate) fn register(
         &self,
         mut connection: Connection,
-        socket: &impl AsFd,
-    ) -> std::io::Result<Registration> {
-        let socket = Arc::new(socket.as_fd().try_clone_to_owned()?);
+        socket: Arc<TcpStream>,
+    ) -> Registration {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         connection.id = id;
         self.live().insert(
@@ -128,11 +128,11 @@ impl Connections {
                 socket: Arc::clone(&socket),
             },
         );
-        Ok(Registration {
+        Registration {
             registry: self.clone(),
             id,
             socket,
-        })
+        }
     }
 }
 
@@ -141,7 +141,7 @@ impl Connections {
 pub(crate) struct Registration {
     registry: Connections,
     id: u64,
-    socket: Arc<OwnedFd>,
+    socket: Arc<TcpStream>,
 }
 
 impl Registration {
@@ -150,9 +150,8 @@ impl Registration {
         self.id
     }
 
-    /// The registered duplicate of the outbound socket, readable while the relay owns
-    /// the original mutably.
-    pub(crate) fn socket(&self) -> &OwnedFd {
+    /// The registered outbound socket.
+    pub(crate) fn socket(&self) -> &TcpStream {
         &self.socket
     }
 }

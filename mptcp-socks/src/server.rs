@@ -8,22 +8,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use mptcp_policy::{SubflowInfo, Transport};
-
-use fast_socks5::Socks5Command;
-use fast_socks5::server::{
-    AuthMethodSuccessState, NoAuthentication, PasswordAuthentication, Socks5ServerProtocol,
-    StandardAuthentication, StandardAuthenticationStarted, states,
-};
-use fast_socks5::util::target_addr::TargetAddr;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::{Auth, ServerConfig};
 use crate::connect::{Target, connect};
 use crate::error::Error;
+use crate::guard::{
+    AuthFailures, ConnectionLimits, HostAddresses, LimitHit, Slot, is_local_network,
+};
 use crate::policy_handle::PolicyHandle;
 use crate::registry::Connection;
+use crate::relay::{Activity, SharedStream, Watched};
 use crate::resolve::NameResolver;
+use crate::socks5::{self, Command, Reply, TargetAddr};
+use crate::throttle::LogThrottle;
 
 /// Buffer per relay direction. Measured on this kind of host: 8 KiB buffers cost about a
 /// tenth of the throughput of 256 KiB; 64 KiB gets most of the gain at a quarter of the memory.
@@ -33,6 +33,9 @@ const RELAY_BUFFER: usize = 64 * 1024;
 /// into a busy spin while connections drain.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// At most one log line per kind of refusal in this interval (with a count of the rest).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Everything a connection task needs, shared by all of them.
 #[derive(Debug)]
 struct Shared {
@@ -41,6 +44,16 @@ struct Shared {
     resolver: NameResolver,
     /// Clients that authenticated once while `auth_once` is on (microsocks `-1`).
     authenticated: Mutex<HashSet<IpAddr>>,
+    /// The host's own addresses, which destinations are checked against.
+    host: HostAddresses,
+    /// Open connections, in all and per client.
+    limits: Arc<ConnectionLimits>,
+    /// Failed password attempts per client, which slow that client down.
+    auth_failures: AuthFailures,
+    /// One line per interval for each thing an outsider can make happen at will.
+    refused_client_log: LogThrottle,
+    limit_log: LogThrottle,
+    accept_error_log: LogThrottle,
 }
 
 impl Shared {
@@ -61,6 +74,97 @@ impl Shared {
                 .insert(client);
         }
     }
+
+    /// Whether `client` may use the proxy at all, as [`ServerConfig::allow_list`] and
+    /// [`ServerConfig::allow_public_clients`] say; with `auth`, everyone may try.
+    fn admits_client(&self, client: IpAddr) -> bool {
+        let config = &self.config;
+        if config.auth.is_some() {
+            true
+        } else if !config.allow_list.is_empty() {
+            config.allow_list.contains(&client)
+        } else {
+            config.allow_public_clients || is_local_network(client)
+        }
+    }
+
+    /// The client policy and the connection limits; a refusal is logged (throttled).
+    fn admit(self: &Arc<Self>, client: SocketAddr) -> Option<Slot> {
+        if !self.admits_client(client.ip()) {
+            if let Some(held_back) = self.refused_client_log.allow() {
+                tracing::warn!(
+                    %client,
+                    also_refused = held_back,
+                    "refused a client from outside the local networks (no authentication is \
+                     set: use -u/-P, -w, or allow public clients explicitly)"
+                );
+            }
+            return None;
+        }
+        match self.limits.admit(client.ip()) {
+            Ok(slot) => Some(slot),
+            Err(hit) => {
+                if let Some(held_back) = self.limit_log.allow() {
+                    let (limit, what) = match hit {
+                        LimitHit::Total(n) => (n, "connection limit reached"),
+                        LimitHit::PerClient(n) => (n, "per-client connection limit reached"),
+                    };
+                    tracing::warn!(%client, limit, also_refused = held_back, "{what}; closing new connections");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// A SOCKS5 server: its configuration, policy and the state its connections share.
+/// [`serve`] runs one on a listener; [`Server::serve_connection`] serves a single client
+/// over any byte stream (an in-memory one in tests and fuzzing).
+#[derive(Debug, Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// A server with `config` that reads its rules from `policy`.
+    ///
+    /// # Errors
+    ///
+    /// When the name resolver cannot be set up.
+    pub fn new(config: ServerConfig, policy: PolicyHandle) -> io::Result<Server> {
+        let resolver = NameResolver::from_system()?;
+        let limits = Arc::new(ConnectionLimits::new(
+            config.max_connections,
+            config.max_connections_per_client,
+        ));
+        Ok(Server {
+            shared: Arc::new(Shared {
+                config,
+                policy,
+                resolver,
+                authenticated: Mutex::new(HashSet::new()),
+                host: HostAddresses::default(),
+                limits,
+                auth_failures: AuthFailures::default(),
+                refused_client_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
+                limit_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
+                accept_error_log: LogThrottle::new(REFUSAL_LOG_INTERVAL),
+            }),
+        })
+    }
+
+    /// Serves one client that connected from `client` over `stream`: the client policy
+    /// and limits, the handshake, the connect step and the relay, as for a client of
+    /// [`serve`]. Returns when the connection is over.
+    pub async fn serve_connection<S>(&self, stream: S, client: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+        if let Some(slot) = self.shared.admit(client) {
+            handle_client(&self.shared, stream, client, slot).await;
+        }
+    }
 }
 
 /// Runs a SOCKS5 server on `listener` until `shutdown` completes.
@@ -68,6 +172,10 @@ impl Shared {
 /// Each client may CONNECT to an IPv4, IPv6 or domain target; BIND and UDP ASSOCIATE are
 /// answered with "command not supported". The outbound connection is opened as MPTCP or
 /// TCP according to the policy in `policy` at the moment the request arrives.
+///
+/// Clients are admitted as [`ServerConfig`] says (authentication, allow-list, local
+/// networks only by default) within its connection limits; a client refused for either
+/// reason is closed at once, before the greeting is answered.
 ///
 /// When `shutdown` completes the listener is closed at once, connections in flight get
 /// [`ServerConfig::shutdown_grace`] to finish, and whatever is still open then is dropped.
@@ -78,21 +186,18 @@ impl Shared {
 /// and never end the server; accept errors (such as EMFILE) are logged and retried.
 pub async fn serve(
     listener: TcpListener,
-    config: ServerConfig,
+    mut config: ServerConfig,
     policy: PolicyHandle,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let resolver = NameResolver::from_system()?;
-    let grace = config.shutdown_grace;
-    let shared = Arc::new(Shared {
-        config,
-        policy,
-        resolver,
-        authenticated: Mutex::new(HashSet::new()),
-    });
     if let Ok(addr) = listener.local_addr() {
+        // A CONNECT to the proxy itself would let one client multiply its connections.
+        config.never_connect.push(addr);
         tracing::info!(listen = %addr, "SOCKS5 server listening");
     }
+    let grace = config.shutdown_grace;
+    let server = Server::new(config, policy)?;
+    let shared = &server.shared;
 
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -110,11 +215,22 @@ pub async fn serve(
             }
             accepted = listener.accept() => match accepted {
                 Ok((stream, client)) => {
-                    let shared = Arc::clone(&shared);
-                    connections.spawn(handle_client(shared, stream, client));
+                    // Clients on a dual-stack listener show up as ::ffff:a.b.c.d.
+                    let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+                    // Refused clients are dropped here, before a task or a buffer exists.
+                    let Some(slot) = shared.admit(client) else { continue };
+                    if let Err(err) = stream.set_nodelay(true) {
+                        tracing::debug!(%client, error = %err, "cannot set TCP_NODELAY on the client socket");
+                    }
+                    let shared = Arc::clone(shared);
+                    connections.spawn(async move {
+                        handle_client(&shared, stream, client, slot).await;
+                    });
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "accept failed");
+                    if let Some(held_back) = shared.accept_error_log.allow() {
+                        tracing::warn!(error = %err, also_failed = held_back, "accept failed");
+                    }
                     if !is_per_connection(&err) {
                         tokio::select! {
                             () = &mut shutdown => break,
@@ -158,14 +274,13 @@ fn is_per_connection(err: &io::Error) -> bool {
     )
 }
 
-async fn handle_client(shared: Arc<Shared>, stream: TcpStream, client: SocketAddr) {
+/// One admitted client, until its connection ends; `_slot` counts it meanwhile.
+async fn handle_client<S>(shared: &Shared, stream: S, client: SocketAddr, _slot: Slot)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let _active = shared.config.stats.accepted();
-    // Clients on a dual-stack listener show up as ::ffff:a.b.c.d; the allow-list holds a.b.c.d.
-    let client = SocketAddr::new(client.ip().to_canonical(), client.port());
-    if let Err(err) = stream.set_nodelay(true) {
-        tracing::debug!(%client, error = %err, "cannot set TCP_NODELAY on the client socket");
-    }
-    if let Err(err) = serve_client(&shared, stream, client).await {
+    if let Err(err) = serve_client(shared, stream, client).await {
         shared.config.stats.failed();
         if err.is_routine() {
             tracing::debug!(%client, error = %err, "client connection ended");
@@ -175,32 +290,35 @@ async fn handle_client(shared: Arc<Shared>, stream: TcpStream, client: SocketAdd
     }
 }
 
-type Request = (
-    Socks5ServerProtocol<TcpStream, states::CommandRead>,
-    Socks5Command,
-    TargetAddr,
-);
-
-async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) -> Result<(), Error> {
+async fn serve_client<S>(shared: &Shared, mut stream: S, client: SocketAddr) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let timeout = shared.config.handshake_timeout;
-    let (proto, command, target_addr) =
-        tokio::time::timeout(timeout, handshake(shared, stream, client.ip()))
+    let (command, target_addr) =
+        tokio::time::timeout(timeout, handshake(shared, &mut stream, client.ip()))
             .await
             .map_err(|_| Error::HandshakeTimeout(timeout))??;
 
-    if command != Socks5Command::TCPConnect {
-        let err = Error::UnsupportedCommand(match command {
-            Socks5Command::TCPBind => 0x02,
-            _ => 0x03,
-        });
-        proto.reply_error(&err.reply()).await?;
+    if let Command::Unsupported(code) = command {
+        let err = Error::UnsupportedCommand(code);
+        socks5::write_reply(&mut stream, err.reply(), socks5::UNBOUND).await?;
         return Err(err);
     }
 
     let target = Target::from(&target_addr);
     // Loaded once per connection: a policy stored meanwhile applies to the next one.
     let policy = shared.policy.load();
-    let outbound = match connect(&target, &policy, &shared.resolver, &shared.config).await {
+    let connected = connect(
+        &target,
+        &policy,
+        &shared.resolver,
+        &shared.config,
+        &shared.host,
+    )
+    .await;
+    drop(policy);
+    let outbound = match connected {
         Ok(outbound) => outbound,
         Err(err) => {
             tracing::info!(
@@ -210,14 +328,14 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
                 reply = err.reply().as_u8(),
                 "connect failed"
             );
-            proto.reply_error(&err.reply()).await?;
+            socks5::write_reply(&mut stream, err.reply(), socks5::UNBOUND).await?;
             return Err(err);
         }
     };
-    drop(policy);
 
     shared.config.stats.connected(outbound.transport);
     let bound = outbound.stream.local_addr()?;
+    let outbound_stream = Arc::new(outbound.stream);
     let registration = shared.config.connections.register(
         Connection {
             id: 0,
@@ -232,8 +350,8 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
             since: SystemTime::now(),
             subflows: Vec::new(),
         },
-        &outbound.stream,
-    )?;
+        Arc::clone(&outbound_stream),
+    );
     let rule = outbound
         .rule
         .as_ref()
@@ -248,22 +366,35 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
         "connected"
     );
     let started = Instant::now();
-    let mut inbound = proto.reply_success(bound).await?;
-    let mut outbound_stream = outbound.stream;
+    socks5::write_reply(&mut stream, Reply::Succeeded, bound).await?;
     let mptcp = outbound.transport == Transport::Mptcp;
     let mut seen = SubflowsSeen::default();
-    let relayed = {
+    let activity = Activity::new();
+    let ended = {
+        let mut inbound = Watched {
+            inner: stream,
+            activity: &activity,
+            upstream: true,
+        };
+        let mut outbound_side = Watched {
+            inner: SharedStream(Arc::clone(&outbound_stream)),
+            activity: &activity,
+            upstream: false,
+        };
         let relay = tokio::io::copy_bidirectional_with_sizes(
             &mut inbound,
-            &mut outbound_stream,
+            &mut outbound_side,
             RELAY_BUFFER,
             RELAY_BUFFER,
         );
         tokio::pin!(relay);
+        let idle = idle_for(&activity, shared.config.idle_timeout);
+        tokio::pin!(idle);
         let mut sample = tokio::time::interval(SUBFLOW_SAMPLE);
         loop {
             tokio::select! {
-                done = &mut relay => break done,
+                done = &mut relay => break done.map(|_| None),
+                idle = &mut idle => break Ok(Some(idle)),
                 _ = sample.tick(), if mptcp => seen.sample(registration.socket()),
             }
         }
@@ -271,14 +402,15 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
     // Subflows come and go (a link fails, another joins), and at the end they are being
     // torn down: the closing line reports every one seen, with the most it carried.
     if mptcp {
-        seen.sample(&outbound_stream);
+        seen.sample(&*outbound_stream);
     }
     let paths = mptcp.then(|| seen.describe());
     let id = registration.id();
     drop(registration);
     let seconds = format!("{:.2}", started.elapsed().as_secs_f64());
-    match relayed {
-        Ok((up, down)) => tracing::info!(
+    let (up, down) = activity.bytes();
+    match ended {
+        Ok(None) => tracing::info!(
             id,
             %client,
             target = %target_addr,
@@ -288,10 +420,23 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
             subflows = paths.as_deref(),
             "closed"
         ),
+        Ok(Some(idle)) => tracing::info!(
+            id,
+            %client,
+            target = %target_addr,
+            up,
+            down,
+            %seconds,
+            subflows = paths.as_deref(),
+            idle_seconds = idle.as_secs(),
+            "closed: idle timeout"
+        ),
         Err(err) => tracing::info!(
             id,
             %client,
             target = %target_addr,
+            up,
+            down,
             %seconds,
             subflows = paths.as_deref(),
             error = %err,
@@ -299,6 +444,21 @@ async fn serve_client(shared: &Shared, stream: TcpStream, client: SocketAddr) ->
         ),
     }
     Ok(())
+}
+
+/// Completes when nothing has moved for `limit` (returning how long), never without one.
+/// One timer per connection, re-armed only when it fires: no cost per byte.
+async fn idle_for(activity: &Activity, limit: Option<Duration>) -> Duration {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    loop {
+        let idle = activity.idle();
+        if idle >= limit {
+            return idle;
+        }
+        tokio::time::sleep(limit - idle).await;
+    }
 }
 
 /// How often a relayed MPTCP connection's subflows are read for its closing log line.
@@ -346,54 +506,82 @@ impl SubflowsSeen {
 }
 
 /// Greeting, authentication and request, up to the point where the connect step begins.
-async fn handshake(shared: &Shared, stream: TcpStream, client: IpAddr) -> Result<Request, Error> {
-    let proto = Socks5ServerProtocol::start(stream);
-    let authenticated = match &shared.config.auth {
-        None => proto
-            .negotiate_auth(&[NoAuthentication])
-            .await?
-            .finish_auth(),
-        Some(auth) => {
-            let methods = if shared.may_skip_auth(client) {
-                // No-auth first: an allowed client offering both should not be asked for a
-                // password it may not have.
-                ALLOWED_METHODS
-            } else {
-                PASSWORD_ONLY
-            };
-            match proto.negotiate_auth(methods).await? {
-                StandardAuthenticationStarted::NoAuthentication(started) => started.finish_auth(),
-                StandardAuthenticationStarted::PasswordAuthentication(started) => {
-                    password_auth(shared, auth, started, client).await?
-                }
-            }
-        }
+/// Failures that the protocol can answer are answered here before the error returns.
+async fn handshake<S>(
+    shared: &Shared,
+    stream: &mut S,
+    client: IpAddr,
+) -> Result<(Command, TargetAddr), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let methods = socks5::read_greeting(stream).await?;
+    let offers = |method| methods.contains(&method);
+    let method = match &shared.config.auth {
+        None => offers(socks5::NO_AUTH).then_some(socks5::NO_AUTH),
+        // No-auth first: an allowed client offering both should not be asked for a
+        // password it may not have.
+        Some(_) if shared.may_skip_auth(client) && offers(socks5::NO_AUTH) => Some(socks5::NO_AUTH),
+        Some(_) => offers(socks5::PASSWORD).then_some(socks5::PASSWORD),
     };
-    Ok(authenticated.read_command().await?)
+    let Some(method) = method else {
+        socks5::write_method(stream, socks5::NO_ACCEPTABLE_METHOD).await?;
+        return Err(Error::NoAcceptableAuth(methods));
+    };
+    socks5::write_method(stream, method).await?;
+    if let (socks5::PASSWORD, Some(auth)) = (method, &shared.config.auth) {
+        password_auth(shared, auth, stream, client).await?;
+    }
+    match socks5::read_request(stream).await {
+        Ok(request) => Ok(request),
+        Err(Error::Io(err)) => Err(Error::Io(err)),
+        Err(err) => {
+            socks5::write_reply(stream, err.reply(), socks5::UNBOUND).await?;
+            Err(err)
+        }
+    }
 }
 
-const ALLOWED_METHODS: &[StandardAuthentication] = &[
-    StandardAuthentication::NoAuthentication(NoAuthentication),
-    StandardAuthentication::PasswordAuthentication(PasswordAuthentication),
-];
-
-const PASSWORD_ONLY: &[StandardAuthentication] = &[StandardAuthentication::PasswordAuthentication(
-    PasswordAuthentication,
-)];
-
-async fn password_auth(
+/// RFC 1929. A client that failed before waits, longer with each failure, before its
+/// attempt is even checked; failures are logged as a summary per client.
+async fn password_auth<S>(
     shared: &Shared,
     auth: &Auth,
-    started: fast_socks5::server::PasswordAuthenticationStarted<TcpStream>,
+    stream: &mut S,
     client: IpAddr,
-) -> Result<Socks5ServerProtocol<TcpStream, states::Authenticated>, Error> {
-    let (user, password, received) = started.read_username_password().await?;
-    if auth.matches(&user, &password) {
-        shared.remember_authenticated(client);
-        Ok(received.accept().await?.finish_auth())
-    } else {
-        // reject() answers with a non-zero RFC 1929 status; dropping the stream closes it.
-        received.reject().await?;
-        Err(Error::AuthFailed { user })
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let credentials = match socks5::read_credentials(stream).await {
+        Ok(credentials) => credentials,
+        Err(Error::Io(err)) => return Err(Error::Io(err)),
+        Err(err) => {
+            socks5::write_auth_status(stream, false).await?;
+            return Err(err);
+        }
+    };
+    let wait = shared.auth_failures.wait_before_attempt(client);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
+    if auth.matches(&credentials.username, &credentials.password) {
+        shared.auth_failures.succeeded(client);
+        shared.remember_authenticated(client);
+        return socks5::write_auth_status(stream, true).await;
+    }
+    let user = String::from_utf8_lossy(&credentials.username).into_owned();
+    if let Some(summary) = shared.auth_failures.failed(client) {
+        tracing::warn!(
+            %client,
+            ?user,
+            failed = summary.new,
+            in_a_row = summary.in_a_row,
+            next_delay_ms = u64::try_from(summary.next_delay.as_millis()).unwrap_or(u64::MAX),
+            "failed password attempts; this client's next attempts are delayed"
+        );
+    }
+    // A non-zero RFC 1929 status; the connection is closed after it.
+    socks5::write_auth_status(stream, false).await?;
+    Err(Error::AuthFailed { user })
 }

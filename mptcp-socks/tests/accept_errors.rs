@@ -81,7 +81,9 @@ async fn server_keeps_serving_after_running_out_of_descriptors() -> Result<()> {
             shutdown_grace: Duration::from_millis(200),
             ..ServerConfig::default()
         };
-        let server = tokio::spawn(serve(listener, config, PolicyHandle::default(), async {
+        // Loopback, where the target listens, is the proxy's own host: refused by default.
+        let policy = PolicyHandle::new("127.0.0.1,1,default,default,access=allow,".parse()?);
+        let server = tokio::spawn(serve(listener, config, policy, async {
             let _ = stopped.await;
         }));
         socks_connect_ok(proxy, target_addr).await?;

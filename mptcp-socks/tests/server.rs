@@ -17,6 +17,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+/// Rules that open loopback, which the proxy refuses by default (it is the proxy's host).
+const LOOPBACK_ALLOWED: &str =
+    "127.0.0.0/8,1,default,default,access=allow,\n::1,1,default,default,access=allow,\n";
+
 /// Upper bound for every test, so a hang fails instead of blocking the suite.
 const TEST_LIMIT: Duration = Duration::from_secs(20);
 
@@ -52,8 +56,9 @@ impl Proxy {
         })
     }
 
+    /// A proxy whose rules open loopback, where the tests' servers listen.
     async fn open(config: ServerConfig) -> Result<Proxy> {
-        Proxy::start(config, PolicyHandle::new(Policy::default())).await
+        Proxy::start(config, PolicyHandle::new(LOOPBACK_ALLOWED.parse()?)).await
     }
 
     async fn client(&self) -> Result<TcpStream> {
@@ -600,7 +605,7 @@ async fn stalled_handshake_is_dropped_after_the_timeout() -> Result<()> {
 async fn policy_swap_applies_to_the_next_connection() -> Result<()> {
     bounded(async {
         let (server, mut accepted) = mptcp_server()?;
-        let policy = PolicyHandle::new(Policy::default());
+        let policy = PolicyHandle::new(LOOPBACK_ALLOWED.parse()?);
         let config = config();
         let stats = config.stats.clone();
         let proxy = Proxy::start(config, policy.clone()).await?;
@@ -612,7 +617,9 @@ async fn policy_swap_applies_to_the_next_connection() -> Result<()> {
         let seen = accepted.recv().await.context("server gone")?;
         ensure!(seen.mptcp, "default policy did not give MPTCP: {seen:?}");
 
-        policy.store(format!("{},0,default,default,\n.\n", server.ip()).parse::<Policy>()?);
+        policy.store(
+            format!("{},0,default,default,access=allow,\n.\n", server.ip()).parse::<Policy>()?,
+        );
 
         let (mut second, code) = connect_via(&proxy, &addr_bytes(server)).await?;
         ensure!(code == 0x00, "reply {code:#x}");
@@ -689,7 +696,9 @@ async fn shutdown_stops_accepting_and_drops_connections_after_the_grace_period()
 async fn live_connections_are_listed_with_rule_token_and_subflows_until_closed() -> Result<()> {
     bounded(async {
         let (server, mut accepted) = mptcp_server()?;
-        let policy = PolicyHandle::new(format!("{},1,default,default,\n.\n", server.ip()).parse()?);
+        let policy = PolicyHandle::new(
+            format!("{},1,default,default,access=allow,\n.\n", server.ip()).parse()?,
+        );
         let config = config();
         let connections = config.connections.clone();
         let proxy = Proxy::start(config, policy).await?;
@@ -725,6 +734,374 @@ async fn live_connections_are_listed_with_rule_token_and_subflows_until_closed()
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         ensure!(connections.is_empty(), "closed connection still listed");
+        proxy.stop().await
+    })
+    .await
+}
+
+// ---- safe defaults: destinations, clients, limits ----
+
+/// Greets without auth and sends a CONNECT to a name; returns the reply code.
+async fn connect_name_via(proxy: &Proxy, name: &str, port: u16) -> Result<u8> {
+    Ok(connect_via(proxy, &name_bytes(name, port)).await?.1)
+}
+
+#[tokio::test]
+async fn the_proxys_own_host_is_refused_by_default_in_every_address_form() -> Result<()> {
+    bounded(async {
+        let echo = echo_server("[::]:0").await?;
+        let port = echo.port();
+        let proxy = Proxy::start(config(), PolicyHandle::new(Policy::default())).await?;
+        let forms: Vec<SocketAddr> = vec![
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from(([127, 1, 2, 3], port)),
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            format!("[::]:{port}").parse()?,
+            format!("[::1]:{port}").parse()?,
+            format!("[::ffff:127.0.0.1]:{port}").parse()?,
+            format!("[::ffff:0.0.0.0]:{port}").parse()?,
+            SocketAddr::from(([169, 254, 169, 254], 80)),
+        ];
+        for addr in forms {
+            let (_, code) = connect_via(&proxy, &addr_bytes(addr)).await?;
+            ensure!(code == 0x02, "{addr}: reply {code:#x}");
+        }
+        for name in ["localhost", "127.0.0.1", "::1"] {
+            let code = connect_name_via(&proxy, name, port).await?;
+            ensure!(code == 0x02, "{name}: reply {code:#x}");
+        }
+        proxy.stop().await?;
+
+        // An allow rule opens one address of the host, and only that one; a name rule or
+        // `*` cannot open it, and the proxy's own port stays closed whatever the rules.
+        let policy = "127.0.0.1,1,default,default,access=allow,\n\
+                      localhost,1,default,default,access=allow,\n\
+                      *,1,default,default,access=allow,\n";
+        let proxy = Proxy::start(config(), PolicyHandle::new(policy.parse()?)).await?;
+        let (mut open, code) = connect_via(
+            &proxy,
+            &addr_bytes(SocketAddr::from(([127, 0, 0, 1], port))),
+        )
+        .await?;
+        ensure!(code == 0x00, "allowed address: reply {code:#x}");
+        assert_echo(&mut open, 1024).await?;
+        let (_, code) = connect_via(&proxy, &addr_bytes(format!("[::1]:{port}").parse()?)).await?;
+        ensure!(
+            code == 0x02,
+            "::1 is not covered by the rule: reply {code:#x}"
+        );
+        let code = connect_name_via(&proxy, "localhost", port).await?;
+        ensure!(
+            code == 0x00,
+            "localhost resolves to the allowed address: {code:#x}"
+        );
+        let (_, code) = connect_via(&proxy, &addr_bytes(proxy.addr)).await?;
+        ensure!(
+            code == 0x02,
+            "nested CONNECT to the proxy itself: reply {code:#x}"
+        );
+        proxy.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_deny_rule_blocks_a_network_under_any_name() -> Result<()> {
+    bounded(async {
+        let echo = echo_server("127.0.0.1:0").await?;
+        let policy = "127.0.0.0/8,1,default,default,access=deny,\n\
+                      localhost,1,default,default,access=allow,\n";
+        let proxy = Proxy::start(config(), PolicyHandle::new(policy.parse()?)).await?;
+        let (_, code) = connect_via(&proxy, &addr_bytes(echo)).await?;
+        ensure!(code == 0x02, "reply {code:#x}");
+        let code = connect_name_via(&proxy, "localhost", echo.port()).await?;
+        ensure!(code == 0x02, "by name: reply {code:#x}");
+        proxy.stop().await
+    })
+    .await
+}
+
+/// Serves one in-memory client as if it came from `client`, offering no-auth; the method
+/// the server chose, or `None` if it closed without answering.
+async fn greeting_answer(config: ServerConfig, client: &str) -> Result<Option<u8>> {
+    let server = mptcp_socks::Server::new(config, PolicyHandle::default())?;
+    let (mut near, far) = tokio::io::duplex(1024);
+    let client: SocketAddr = client.parse()?;
+    let serving = tokio::spawn(async move { server.serve_connection(far, client).await });
+    near.write_all(&[0x05, 0x01, 0x00]).await?;
+    let mut answer = [0u8; 2];
+    let answered = near.read_exact(&mut answer).await.is_ok();
+    drop(near);
+    serving.await?;
+    Ok(answered.then_some(answer[1]))
+}
+
+async fn greeting_answered(config: ServerConfig, client: &str) -> Result<bool> {
+    Ok(greeting_answer(config, client).await? == Some(0x00))
+}
+
+#[tokio::test]
+async fn without_authentication_only_local_network_clients_are_served() -> Result<()> {
+    bounded(async {
+        for (client, served) in [
+            ("192.168.1.20:40000", true),
+            ("[fd00::20]:40000", true),
+            ("127.0.0.1:40000", true),
+            ("203.0.113.9:40000", false),
+            ("[2001:db8::9]:40000", false),
+        ] {
+            ensure!(
+                greeting_answered(config(), client).await? == served,
+                "{client}: expected served={served}"
+            );
+        }
+        let open = ServerConfig {
+            allow_public_clients: true,
+            ..config()
+        };
+        ensure!(greeting_answered(open, "203.0.113.9:40000").await?);
+        // -w without a password: only the listed clients.
+        let listed = ServerConfig {
+            allow_list: HashSet::from(["203.0.113.9".parse::<IpAddr>()?]),
+            ..config()
+        };
+        ensure!(greeting_answered(listed.clone(), "203.0.113.9:1").await?);
+        ensure!(!greeting_answered(listed, "192.168.1.20:1").await?);
+        // With a password everyone may try (and must authenticate).
+        let password = ServerConfig {
+            auth: Some(Auth::new("u", "p")),
+            ..config()
+        };
+        ensure!(greeting_answer(password, "203.0.113.9:1").await? == Some(0xff));
+        Ok(())
+    })
+    .await
+}
+
+/// A client socket bound to `source` (127.0.0.x), connected to the proxy.
+async fn client_from(proxy: &Proxy, source: [u8; 4]) -> Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    Ok(socket.connect(proxy.addr).await?)
+}
+
+#[tokio::test]
+async fn one_client_at_its_cap_does_not_starve_another() -> Result<()> {
+    bounded(async {
+        let echo = echo_server("127.0.0.1:0").await?;
+        let config = ServerConfig {
+            max_connections_per_client: 5,
+            ..config()
+        };
+        let proxy = Proxy::open(config).await?;
+        // The hog holds its five connections idle in the handshake ...
+        let mut hog = Vec::new();
+        for _ in 0..5 {
+            let mut s = client_from(&proxy, [127, 0, 0, 2]).await?;
+            ensure!(greet(&mut s, &[0x00]).await? == 0x00);
+            hog.push(s);
+        }
+        // ... its sixth is closed at once, without an answer to its greeting ...
+        let mut sixth = client_from(&proxy, [127, 0, 0, 2]).await?;
+        sixth.write_all(&[0x05, 0x01, 0x00]).await?;
+        ensure!(
+            closed_within(&mut sixth, Duration::from_secs(2)).await?,
+            "the client over its cap was not closed"
+        );
+        // ... and another client is served within a second.
+        let started = tokio::time::Instant::now();
+        let mut other = client_from(&proxy, [127, 0, 0, 3]).await?;
+        ensure!(greet(&mut other, &[0x00]).await? == 0x00);
+        ensure!(request(&mut other, 0x01, &addr_bytes(echo)).await? == 0x00);
+        assert_echo(&mut other, 1024).await?;
+        ensure!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // A slot is free again once the hog lets one go.
+        drop(hog.pop());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut again = client_from(&proxy, [127, 0, 0, 2]).await?;
+        ensure!(greet(&mut again, &[0x00]).await? == 0x00);
+        proxy.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_total_cap_closes_new_clients_at_once() -> Result<()> {
+    bounded(async {
+        let config = ServerConfig {
+            max_connections: 3,
+            ..config()
+        };
+        let proxy = Proxy::open(config).await?;
+        let mut held = Vec::new();
+        for i in 0..3u8 {
+            let mut s = client_from(&proxy, [127, 0, 0, 10 + i]).await?;
+            ensure!(greet(&mut s, &[0x00]).await? == 0x00);
+            held.push(s);
+        }
+        let mut fourth = client_from(&proxy, [127, 0, 0, 20]).await?;
+        fourth.write_all(&[0x05, 0x01, 0x00]).await?;
+        ensure!(closed_within(&mut fourth, Duration::from_secs(2)).await?);
+        proxy.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_idle_relay_is_closed_after_its_timeout() -> Result<()> {
+    bounded(async {
+        let echo = echo_server("127.0.0.1:0").await?;
+        let config = ServerConfig {
+            idle_timeout: Some(Duration::from_millis(600)),
+            ..config()
+        };
+        let proxy = Proxy::open(config).await?;
+        let (mut busy, code) = connect_via(&proxy, &addr_bytes(echo)).await?;
+        ensure!(code == 0x00);
+        let (mut idle, code) = connect_via(&proxy, &addr_bytes(echo)).await?;
+        ensure!(code == 0x00);
+        // Traffic keeps one open past the timeout; the other, silent, is closed.
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_echo(&mut busy, 16).await?;
+        }
+        ensure!(
+            closed_within(&mut idle, Duration::from_secs(2)).await?,
+            "idle relay still open"
+        );
+        assert_echo(&mut busy, 16).await?;
+        proxy.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_relayed_connection_holds_one_descriptor_per_side() -> Result<()> {
+    bounded(async {
+        let echo = echo_server("127.0.0.1:0").await?;
+        let proxy = Proxy::open(config()).await?;
+        // Other tests run in this process at the same time: count only descriptors of
+        // sockets on this test's two ports.
+        let fds = || descriptors_on_ports(&[proxy.addr.port(), echo.port()]);
+        let before = fds()?;
+        let mut open = Vec::new();
+        for _ in 0..20 {
+            let (mut s, code) = connect_via(&proxy, &addr_bytes(echo)).await?;
+            ensure!(code == 0x00);
+            assert_echo(&mut s, 16).await?;
+            open.push(s);
+        }
+        // Per connection, in this one process: the test's client socket, the proxy's
+        // accepted socket, its outbound socket, the echo server's accepted socket.
+        let per_connection = (fds()? - before) as f64 / 20.0;
+        ensure!(
+            per_connection == 4.0,
+            "{per_connection} descriptors per connection"
+        );
+        proxy.stop().await
+    })
+    .await
+}
+
+/// How many of this process's descriptors are TCP sockets with either end on one of
+/// `ports` (a duplicated descriptor counts twice, which is the point).
+fn descriptors_on_ports(ports: &[u16]) -> Result<usize> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)?.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let port = |field: &str| {
+                field
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok())
+            };
+            let on_ours = [fields.get(1), fields.get(2)]
+                .into_iter()
+                .flatten()
+                .any(|f| port(f).is_some_and(|p| ports.contains(&p)));
+            if on_ours && let Some(inode) = fields.get(9) {
+                inodes.insert(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        if let Ok(link) = std::fs::read_link(entry?.path())
+            && inodes.contains(link.to_string_lossy().as_ref())
+        {
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+#[tokio::test]
+async fn socks_details_non_utf8_names_and_the_rfc_1929_version() -> Result<()> {
+    bounded(async {
+        let proxy = Proxy::open(config()).await?;
+        let mut stream = proxy.client().await?;
+        ensure!(greet(&mut stream, &[0x00]).await? == 0x00);
+        let code = request(&mut stream, 0x01, &[0x03, 2, 0xff, 0xfe, 0, 80]).await?;
+        ensure!(code == 0x01, "non-UTF-8 name: reply {code:#x}");
+        ensure!(closed_within(&mut stream, Duration::from_secs(2)).await?);
+        proxy.stop().await?;
+
+        let proxy = Proxy::open(password_config()).await?;
+        let mut stream = proxy.client().await?;
+        ensure!(greet(&mut stream, &[0x02]).await? == 0x02);
+        // Right credentials, wrong sub-negotiation version (0x05 instead of 0x01).
+        stream.write_all(b"\x05\x05alice\x06s3cret").await?;
+        let mut answer = [0u8; 2];
+        stream.read_exact(&mut answer).await?;
+        ensure!(answer[1] != 0x00, "wrong version accepted: {answer:?}");
+        ensure!(closed_within(&mut stream, Duration::from_secs(2)).await?);
+        proxy.stop().await
+    })
+    .await
+}
+
+#[tokio::test]
+async fn failed_passwords_slow_the_client_down() -> Result<()> {
+    bounded(async {
+        let proxy = Proxy::open(password_config()).await?;
+        let attempt = |pass: &'static str| {
+            let proxy_addr = proxy.addr;
+            async move {
+                let mut s = TcpStream::connect(proxy_addr).await?;
+                ensure!(greet(&mut s, &[0x02]).await? == 0x02);
+                let started = tokio::time::Instant::now();
+                let status = login(&mut s, "alice", pass).await?;
+                Ok::<_, anyhow::Error>((status, started.elapsed()))
+            }
+        };
+        let (status, first) = attempt("guess1").await?;
+        ensure!(
+            status != 0 && first < Duration::from_millis(200),
+            "{first:?}"
+        );
+        let mut last = first;
+        for guess in ["guess2", "guess3", "guess4"] {
+            let (status, took) = attempt(guess).await?;
+            ensure!(status != 0);
+            ensure!(
+                took >= Duration::from_millis(200) && took > last / 2,
+                "{took:?} after {last:?}"
+            );
+            last = took;
+        }
+        ensure!(
+            last >= Duration::from_millis(900),
+            "delays do not grow: {last:?}"
+        );
+        // The right password still works (after its wait) and clears the record.
+        let (status, _) = attempt("s3cret").await?;
+        ensure!(status == 0);
+        let (status, took) = attempt("s3cret").await?;
+        ensure!(status == 0 && took < Duration::from_millis(200), "{took:?}");
         proxy.stop().await
     })
     .await
