@@ -178,7 +178,8 @@ pub enum StoreError {
 /// The last failed reload of the rule file, kept for `GET /health`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadError {
-    /// What went wrong, including the line number and text for a parse error.
+    /// What went wrong, including the line number and an excerpt of the line for a parse
+    /// error (never more of the file: see [`mptcp_policy::Error`]).
     pub message: String,
     /// 1-based line number of the offending line, for parse errors.
     pub line: Option<usize>,

@@ -234,3 +234,30 @@ fn the_watcher_settles_after_a_change_and_reads_a_broken_file_once() {
     );
     assert_eq!(store.policy().len(), 2, "the last good policy stays");
 }
+
+#[test]
+fn an_edit_of_a_symlinked_rule_file_is_picked_up_in_the_target_directory() {
+    let links = tempfile::tempdir().expect("tempdir");
+    let files = tempfile::tempdir().expect("tempdir");
+    let real = files.path().join("real");
+    fs::write(&real, RULES).expect("write");
+    let link = links.path().join("rules");
+    symlink(&real, &link).expect("symlink");
+    let store = RuleStore::open(&link, PolicyHandle::default()).expect("open");
+    let _watch = spawn_watcher(store.clone()).expect("watcher");
+
+    // Saved by rename in the target's directory: nothing happens in the link's.
+    let tmp = files.path().join("real.swp");
+    fs::write(&tmp, "203.0.113.7,0,default,default,\n.\n").expect("write");
+    fs::rename(&tmp, &real).expect("rename");
+    let dest: Destination = "203.0.113.7".parse().expect("dest");
+    wait_until("the edit of the target", || {
+        store.policy().get(&dest).is_some()
+    });
+    assert!(
+        fs::symlink_metadata(&link)
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
+}
