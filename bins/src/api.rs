@@ -506,7 +506,13 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         let status = match err {
-            StoreError::BrokenOnDisk { .. } => StatusCode::CONFLICT,
+            // The file on disk is in the way (or the change would take it beyond the
+            // caps); the operator has to fix it, and the message says how.
+            StoreError::BrokenOnDisk { .. }
+            | StoreError::Unsafe { .. }
+            | StoreError::TooLarge { .. }
+            | StoreError::TooManyRules { .. }
+            | StoreError::NotUtf8 { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status.is_server_error() {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::error::Error;
+use crate::error::{Error, excerpt};
 use crate::rule::{Access, Destination, Rule, Settings, mask};
 
 /// A set of rules with at most one rule per destination, kept in file order and indexed
@@ -144,7 +144,7 @@ impl Policy {
             if let Some(end_line) = end {
                 return Err(Error::Parse {
                     line: line_no,
-                    text: raw.to_owned(),
+                    text: excerpt(raw),
                     reason: format!("text after the final '.' on line {end_line}"),
                 });
             }
@@ -154,14 +154,15 @@ impl Policy {
             }
             let rule: Rule = content.parse().map_err(|e| Error::Parse {
                 line: line_no,
-                text: raw.to_owned(),
+                text: excerpt(raw),
                 reason: match e {
+                    // `input` is an excerpt already; compare it as one.
                     Error::Invalid {
                         reason,
                         field,
                         input,
-                    } if input != content => {
-                        format!("invalid {field} {input:?}: {reason}")
+                    } if input != excerpt(content) => {
+                        format!("invalid {field} \"{input}\": {reason}")
                     }
                     Error::Invalid { reason, .. } => reason,
                     other => other.to_string(),
