@@ -75,6 +75,21 @@ struct Args {
     /// while it runs).
     #[arg(long = "path-manager", default_value = "kernel", value_parser = parse_pm_mode)]
     path_manager: PmMode,
+    /// Without -u/-P or -w, serve clients from any address, not only from loopback and
+    /// private, link-local and unique-local ranges.
+    #[arg(long)]
+    allow_public_clients: bool,
+    /// Client connections open at once, at most (default: sized from the file-descriptor
+    /// limit, two per relayed connection).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// Connections open at once from one client address (IPv6: one /64), at most.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_client_connections: u64,
+    /// Seconds a relayed connection may stay idle (nothing moving either way) before it
+    /// is closed; 0 keeps idle connections open.
+    #[arg(long, default_value_t = 3600)]
+    idle_timeout: u64,
 }
 
 fn parse_pm_mode(s: &str) -> Result<PmMode, String> {
@@ -141,12 +156,6 @@ async fn main() -> anyhow::Result<()> {
     let socks = TcpListener::bind(socks_addr)
         .await
         .with_context(|| format!("cannot listen for SOCKS5 clients on {socks_addr}"))?;
-    if args.user.is_none() && !args.listen_ip.is_loopback() {
-        tracing::warn!(
-            "no authentication: anyone who can reach {socks_addr} may use this proxy \
-             (set -u/-P, or listen with -i 127.0.0.1)"
-        );
-    }
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -177,13 +186,33 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
 
+    let auth = args
+        .user
+        .zip(args.password)
+        .map(|(user, password)| Auth::new(user, password));
+    log_client_policy(auth.is_some(), &args.allow, args.allow_public_clients);
+    let max_connections = args
+        .max_connections
+        .map_or(ServerConfig::default().max_connections, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        });
+    tracing::info!(
+        max_connections,
+        max_client_connections = args.max_client_connections,
+        idle_timeout_seconds = args.idle_timeout,
+        "connection limits"
+    );
     let config = ServerConfig {
-        auth: args
-            .user
-            .zip(args.password)
-            .map(|(user, password)| Auth::new(user, password)),
+        auth,
         auth_once: args.auth_once,
         allow_list: args.allow.into_iter().collect(),
+        allow_public_clients: args.allow_public_clients,
+        max_connections,
+        max_connections_per_client: usize::try_from(args.max_client_connections)
+            .unwrap_or(usize::MAX),
+        idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
+        // The REST API is never reachable through the proxy, whatever the rules say.
+        never_connect: api.into_iter().collect(),
         bind_addr: args.bind,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         connect_timeout: Duration::from_secs(args.connect_timeout),
@@ -314,6 +343,25 @@ async fn keep_inventory(inventory: LocalAddresses) {
             ),
             Err(e) => tracing::debug!("cannot read the endpoint list: {e}"),
         }
+    }
+}
+
+/// Says at start who may use the proxy.
+fn log_client_policy(auth: bool, allow: &[IpAddr], allow_public: bool) {
+    match (auth, allow.is_empty(), allow_public) {
+        (true, _, _) => tracing::info!("clients must authenticate (-u/-P)"),
+        (false, false, _) => tracing::info!(
+            clients = %allow.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            "only the clients given with -w may use the proxy"
+        ),
+        (false, true, false) => tracing::info!(
+            "no authentication: only clients from loopback and private, link-local and \
+             unique-local networks may use the proxy (--allow-public-clients opens it to all)"
+        ),
+        (false, true, true) => tracing::warn!(
+            "no authentication and --allow-public-clients: anyone who can reach the listener \
+             may use this proxy"
+        ),
     }
 }
 
