@@ -29,6 +29,33 @@
 //! 4. **path manager**: `default`, `fullmesh`, `ndiffports` (`ndiffports:N` for N
 //!    subflows, 1 to 8; 2 without a count) or `binder`.
 //!
+//! After the four fields a rule may carry options, each `key=value,`; the writer prints
+//! them only where they differ from the default, so seed-form lines stay byte for byte:
+//!
+//! - `access=allow|deny|default`: whether connections may go ahead at all. By default a
+//!   destination may be reached unless it is the proxy's own host (loopback, unspecified,
+//!   its own addresses) or link-local, checked on the address the proxy connects to.
+//!   `allow` on an address or prefix rule opens such an address deliberately; `deny`
+//!   refuses the destination (reply 0x02), and on an address or prefix rule it holds for
+//!   every name that resolves into it. See [`Policy::check_access`].
+//!
+//! ```
+//! use mptcp_policy::{Policy, Refusal};
+//!
+//! let policy: Policy = "\
+//! 127.0.0.1,0,default,default,access=allow,
+//! 10.9.0.0/16,1,default,default,access=deny,
+//! .
+//! ".parse()?;
+//! let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+//! // The caller says whether an address is the host itself (here: loopback).
+//! assert_eq!(policy.check_access(None, ip("127.0.0.1"), true), Ok(()));
+//! assert_eq!(policy.check_access(None, ip("::1"), true), Err(Refusal::Protected));
+//! assert!(policy.check_access(Some("intranet.example"), ip("10.9.1.2"), false).is_err());
+//! assert_eq!(policy.to_string().lines().next(), Some("127.0.0.1,0,default,default,access=allow,"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Beyond the original format: `#` starts a comment, blank lines are ignored, the trailing
 //! comma and the final `.` are optional, keywords are case-insensitive. Each destination
 //! may appear once. The writer ([`Policy`]'s `Display`) always produces the original form
