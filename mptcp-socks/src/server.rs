@@ -409,40 +409,23 @@ where
     drop(registration);
     let seconds = format!("{:.2}", started.elapsed().as_secs_f64());
     let (up, down) = activity.bytes();
-    match ended {
-        Ok(None) => tracing::info!(
-            id,
-            %client,
-            target = %target_addr,
-            up,
-            down,
-            %seconds,
-            subflows = paths.as_deref(),
-            "closed"
-        ),
-        Ok(Some(idle)) => tracing::info!(
-            id,
-            %client,
-            target = %target_addr,
-            up,
-            down,
-            %seconds,
-            subflows = paths.as_deref(),
-            idle_seconds = idle.as_secs(),
-            "closed: idle timeout"
-        ),
-        Err(err) => tracing::info!(
-            id,
-            %client,
-            target = %target_addr,
-            up,
-            down,
-            %seconds,
-            subflows = paths.as_deref(),
-            error = %err,
-            "relay ended with an error"
-        ),
-    }
+    let (outcome, idle_seconds, error) = match &ended {
+        Ok(None) => ("closed", None, None),
+        Ok(Some(idle)) => ("closed: idle timeout", Some(idle.as_secs()), None),
+        Err(err) => ("relay ended with an error", None, Some(err)),
+    };
+    tracing::info!(
+        id,
+        %client,
+        target = %target_addr,
+        up,
+        down,
+        %seconds,
+        subflows = paths.as_deref(),
+        idle_seconds,
+        error = error.map(tracing::field::display),
+        "{outcome}"
+    );
     Ok(())
 }
 
