@@ -31,16 +31,24 @@
 //! without `--path-manager userspace`) is stored and reported as not in effect. The rule
 //! file is not held to this: a file written for another host still loads, with a warning.
 //!
-//! Every error is JSON, `{"error": "..."}` (plus `"field"` when one field is at fault):
-//! 400 malformed body, 401 missing or wrong bearer token, 404 no such rule or route,
-//! 405 wrong method, 409 the rule file was broken by a hand edit, 413 body over
-//! [`BODY_LIMIT`], 415 a content type that is not JSON (a missing one, and curl's default
-//! form type or text with a JSON body, are accepted), 422 a well-formed body with an
-//! invalid value or one this host refuses, 500 the rule file could not be written (then
-//! nothing changed).
+//! Every error is JSON, `{"error": "..."}` (plus `"field"` when one field is at fault); the
+//! statuses are listed, in one place, on [`ApiError`].
 //!
-//! With a token, every route needs `Authorization: Bearer <token>`, except that
-//! `GET /health` answers without it, but then only with the status.
+//! What a request must be, checked in this order (see the README's REST API section):
+//! - `Host`: on a TCP listener, one of the addresses the API listens on (its IP literal
+//!   with the port, IPv6 in brackets, and `localhost:PORT` for a loopback listener; any IP
+//!   literal with the port for an unspecified one). A web page that got its name to
+//!   resolve to the API's address (DNS rebinding) sends its own name and is refused. Not
+//!   checked on a Unix socket.
+//! - The token, when one is set: `Authorization: Bearer <token>` on every route. A wrong
+//!   token is always refused; without any `Authorization`, `GET /health` answers only
+//!   `{"status": "ok"}` (for liveness checks), everything else is refused.
+//! - A body only on `POST` and `PUT`, and only `Content-Type: application/json`
+//!   (parameters such as `; charset=utf-8` allowed): a browser cannot send that type
+//!   across origins without asking first, so a page cannot forge a rule change (CSRF).
+//!
+//! [`Api::serve`] also bounds how long a client may take and how many connections it may
+//! hold: see [`ApiLimits`].
 
 use std::convert::Infallible;
 use std::future::{Future, poll_fn};
@@ -61,6 +69,10 @@ use warp::{Buf, Filter, Rejection, Reply, Stream};
 
 use crate::host::{Host, LocalEndpoint};
 use crate::store::{ReloadError, RuleStore, StoreError};
+
+mod server;
+
+pub use server::{ApiLimits, UnixApiSocket};
 
 /// Largest request body accepted. A rule is well under 1 KiB.
 pub const BODY_LIMIT: usize = 16 * 1024;
@@ -269,6 +281,10 @@ pub struct Api {
     token: Option<Arc<str>>,
     host: Host,
     connections: Connections,
+    /// The `Host` values accepted; `None`: not checked (a Unix socket, or routes used
+    /// without a listener).
+    accepted_hosts: Option<Arc<AcceptedHosts>>,
+    limits: ApiLimits,
 }
 
 // The token must never end up in a log line.
@@ -279,6 +295,8 @@ impl std::fmt::Debug for Api {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("host", &self.host)
             .field("connections", &self.connections.len())
+            .field("accepted_hosts", &self.accepted_hosts)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -286,14 +304,32 @@ impl std::fmt::Debug for Api {
 impl Api {
     /// The API over `store`, without a token, judging rules against this host probed live
     /// with the in-kernel path manager and an empty address inventory, listing no
-    /// connections.
+    /// connections, with the default [`ApiLimits`].
     pub fn new(store: RuleStore) -> Self {
         Api {
             store,
             token: None,
             host: Host::default(),
             connections: Connections::default(),
+            accepted_hosts: None,
+            limits: ApiLimits::DEFAULT,
         }
+    }
+
+    /// Accepts only the `Host` values that name `addr` (see the module docs). [`Api::serve`]
+    /// sets this from its listener; for [`Api::routes`] used on their own, it is off
+    /// until set.
+    #[must_use]
+    pub fn listening_on(mut self, addr: SocketAddr) -> Self {
+        self.accepted_hosts = Some(Arc::new(AcceptedHosts { listen: addr }));
+        self
+    }
+
+    /// Times and connection count allowed to clients.
+    #[must_use]
+    pub fn limits(mut self, limits: ApiLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Requires `Authorization: Bearer <token>` when `token` is given.
@@ -325,13 +361,14 @@ impl Api {
         let token = self.token.clone();
         let api = self.clone();
         let with_api = warp::any().map(move || api.clone());
+        let body = limited_body(self.limits.body_timeout);
 
         let rules = warp::path("rules")
             .and(warp::path::tail())
             .and(warp::method())
             .and(require_token(token.clone()))
             .and(warp::header::optional::<String>("content-type"))
-            .and(limited_body())
+            .and(body.clone())
             .and(with_api.clone())
             .then(rules_handler);
 
@@ -339,6 +376,7 @@ impl Api {
             .and(warp::path::end())
             .and(warp::method())
             .and(require_token(token.clone()))
+            .and(body.clone())
             .and(with_api.clone())
             .map(capabilities_handler);
 
@@ -346,39 +384,77 @@ impl Api {
             .and(warp::path::end())
             .and(warp::method())
             .and(require_token(token.clone()))
+            .and(body.clone())
             .and(with_api.clone())
             .map(connections_handler);
 
         let health = warp::path("health")
             .and(warp::path::end())
             .and(warp::method())
-            .and(has_token(token))
+            .and(access(token))
+            .and(body)
             .and(with_api)
             .map(health_handler);
 
-        rules
-            .or(capabilities)
-            .unify()
-            .or(connections)
-            .unify()
-            .or(health)
-            .unify()
+        // The Host check comes first: a request for another name is answered with nothing
+        // but the refusal, whatever its path.
+        check_host(self.accepted_hosts.clone())
+            .and(
+                rules
+                    .or(capabilities)
+                    .unify()
+                    .or(connections)
+                    .unify()
+                    .or(health)
+                    .unify(),
+            )
             .recover(recover)
             .unify()
     }
 
     /// Serves the routes on `listener` until `shutdown` completes, then finishes the
-    /// requests in flight.
+    /// requests in flight. Only `Host` values naming the listener's address are accepted
+    /// (see [`Api::listening_on`]); the [`ApiLimits`] apply.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
-        warp::serve(self.routes())
-            .incoming(listener)
-            .graceful(shutdown)
-            .run()
-            .await;
+        let api = match listener.local_addr() {
+            Ok(addr) => self.listening_on(addr),
+            Err(err) => {
+                tracing::error!("REST API: cannot read the listening address: {err}");
+                return;
+            }
+        };
+        server::serve(listener, api.routes(), api.limits, shutdown).await;
+    }
+
+    /// Serves the routes on a Unix socket, like [`Api::serve`] but without the `Host`
+    /// check (the socket's mode decides who may connect; the token still applies).
+    /// Removes the socket file when done.
+    pub async fn serve_unix(
+        self,
+        socket: UnixApiSocket,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let UnixApiSocket { listener, file } = socket;
+        let listener = match tokio::net::UnixListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(err) => {
+                tracing::error!("REST API: cannot use {}: {err}", file.path.display());
+                return;
+            }
+        };
+        let api = Api {
+            accepted_hosts: None,
+            ..self
+        };
+        let listener = server::UnixAccept {
+            listener,
+            _file: file,
+        };
+        server::serve(listener, api.routes(), api.limits, shutdown).await;
     }
 
     /// `rule` as the API shows it, judged against the host now.
@@ -410,7 +486,22 @@ pub async fn serve_api(
     Api::new(store).token(token).serve(listener, shutdown).await;
 }
 
-/// An error answer: a status and a message for the operator.
+/// An error answer: a status and a message for the operator. Every status the API answers
+/// with is chosen here, by the constructors:
+///
+/// | Status | When |
+/// |--------|------|
+/// | 400 | malformed body or header, a body on a method that takes none, no `Host` |
+/// | 401 | missing or wrong bearer token |
+/// | 404 | no such rule or route |
+/// | 405 | wrong method (with `Allow`) |
+/// | 408 | the body did not arrive within [`ApiLimits::body_timeout`] |
+/// | 409 | the rule file was broken by a hand edit |
+/// | 413 | body over [`BODY_LIMIT`] |
+/// | 415 | a body whose type is not `application/json`, or has no type |
+/// | 421 | a `Host` that is not an address the API listens on (the message lists those) |
+/// | 422 | a well-formed body with an invalid value, or one this host refuses |
+/// | 500 | the rule file could not be written (nothing changed) |
 #[derive(Debug)]
 struct ApiError {
     status: StatusCode,
@@ -435,6 +526,60 @@ impl ApiError {
 
     fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token (send `Authorization: Bearer <token>`)",
+        )
+    }
+
+    /// A body that is not labelled JSON; `None`: no `Content-Type` at all.
+    fn not_json(content_type: Option<&str>) -> Self {
+        let given = match content_type {
+            Some(content_type) => format!("content type {content_type:?} is not JSON"),
+            None => "the body has no content type".to_owned(),
+        };
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("{given}; send `Content-Type: application/json` (curl: --json)"),
+        )
+    }
+
+    fn body_not_allowed(method: &Method) -> Self {
+        ApiError::bad_request(format!("a {method} request takes no body"))
+    }
+
+    fn body_too_slow(timeout: std::time::Duration) -> Self {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        )
+    }
+
+    fn too_large() -> Self {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {BODY_LIMIT} bytes"),
+        )
+    }
+
+    fn no_host() -> Self {
+        ApiError::bad_request("the request has no `Host` header")
+    }
+
+    fn wrong_host(given: &str, accepted: &AcceptedHosts) -> Self {
+        ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "Host {given:?} is not this API's address; use {}",
+                accepted.describe()
+            ),
+        )
     }
 
     fn field(mut self, field: &'static str) -> Self {
@@ -536,36 +681,131 @@ fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
+/// What the request's credentials allow, when they are not refused outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The right token, or no token is set.
+    Authorized,
+    /// A token is set and the request has no `Authorization` header.
+    Anonymous,
+}
+
 /// Rejects (401) unless the request carries the bearer token, when there is one.
 fn require_token(token: Option<Arc<str>>) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    has_token(token)
-        .and_then(|authorized: bool| async move {
-            if authorized {
-                Ok(())
-            } else {
-                Err(warp::reject::custom(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "missing or wrong bearer token (send `Authorization: Bearer <token>`)",
-                )))
+    access(token)
+        .and_then(|access: Access| async move {
+            match access {
+                Access::Authorized => Ok(()),
+                Access::Anonymous => Err(warp::reject::custom(ApiError::unauthorized())),
             }
         })
         .untuple_one()
 }
 
-/// Whether the request is authorized: true when there is no token to check.
-fn has_token(
-    token: Option<Arc<str>>,
-) -> impl Filter<Extract = (bool,), Error = Infallible> + Clone {
-    warp::header::headers_cloned().map(move |headers: warp::http::HeaderMap| {
-        let Some(expected) = token.as_deref() else {
-            return true;
-        };
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(bearer_token)
-            .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
+/// The request's [`Access`]; rejects (401) an `Authorization` header that does not hold
+/// the token, so a wrong token is refused the same way on every route.
+fn access(token: Option<Arc<str>>) -> impl Filter<Extract = (Access,), Error = Rejection> + Clone {
+    warp::header::headers_cloned().and_then(move |headers: warp::http::HeaderMap| {
+        let token = token.clone();
+        async move {
+            let Some(expected) = token.as_deref() else {
+                return Ok(Access::Authorized);
+            };
+            let mut given = headers.get_all(header::AUTHORIZATION).iter();
+            let (Some(value), None) = (given.next(), given.next()) else {
+                return if headers.contains_key(header::AUTHORIZATION) {
+                    Err(warp::reject::custom(ApiError::unauthorized()))
+                } else {
+                    Ok(Access::Anonymous)
+                };
+            };
+            if value
+                .to_str()
+                .ok()
+                .and_then(bearer_token)
+                .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes()))
+            {
+                Ok(Access::Authorized)
+            } else {
+                Err(warp::reject::custom(ApiError::unauthorized()))
+            }
+        }
     })
+}
+
+/// The `Host` values that name the address the API listens on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AcceptedHosts {
+    listen: SocketAddr,
+}
+
+impl AcceptedHosts {
+    /// Whether `authority` (a `Host` value, or the authority of an absolute request URI)
+    /// names the listener: an IP literal is compared as an address, a missing port means
+    /// 80; the only name accepted is `localhost`, and only for a loopback listener.
+    fn accepts(&self, authority: &warp::host::Authority) -> bool {
+        if authority.port_u16().unwrap_or(80) != self.listen.port() {
+            return false;
+        }
+        let host = authority.host();
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let ip = self.listen.ip();
+        match literal.parse::<IpAddr>() {
+            // Any literal names an unspecified listener's port; a rebinding attack needs
+            // a name.
+            Ok(given) => ip.is_unspecified() || given == ip,
+            Err(_) => ip.is_loopback() && host.eq_ignore_ascii_case("localhost"),
+        }
+    }
+
+    /// The accepted values, for the refusal's message.
+    fn describe(&self) -> String {
+        let port = self.listen.port();
+        let ip = self.listen.ip();
+        if ip.is_unspecified() {
+            format!("one of this host's IP addresses with port {port}, or localhost:{port}")
+        } else if ip.is_loopback() {
+            format!("{} or localhost:{port}", self.listen)
+        } else {
+            self.listen.to_string()
+        }
+    }
+}
+
+/// Rejects a request whose `Host` (or absolute URI) does not name the listener (421), or
+/// that has no `Host` or more than one (400). Passes everything when `accepted` is `None`.
+fn check_host(
+    accepted: Option<Arc<AcceptedHosts>>,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and(warp::host::optional())
+        .and_then(
+            move |headers: warp::http::HeaderMap, authority: Option<warp::host::Authority>| {
+                let accepted = accepted.clone();
+                async move {
+                    let Some(accepted) = accepted else {
+                        return Ok(());
+                    };
+                    if headers.get_all(header::HOST).iter().count() > 1 {
+                        return Err(warp::reject::custom(ApiError::bad_request(
+                            "the request has more than one `Host` header",
+                        )));
+                    }
+                    match authority {
+                        None => Err(warp::reject::custom(ApiError::no_host())),
+                        Some(authority) if accepted.accepts(&authority) => Ok(()),
+                        Some(authority) => Err(warp::reject::custom(ApiError::wrong_host(
+                            authority.as_str(),
+                            &accepted,
+                        ))),
+                    }
+                }
+            },
+        )
+        .untuple_one()
 }
 
 /// The credentials of an `Authorization: Bearer <token>` header (the scheme is
@@ -588,11 +828,26 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The request body, refused with 413 beyond [`BODY_LIMIT`] without reading it all (and
-/// without needing a `Content-Length`, so chunked bodies work too).
-fn limited_body() -> impl Filter<Extract = (Vec<u8>,), Error = Rejection> + Clone {
-    warp::header::optional::<u64>("content-length")
+/// without needing a `Content-Length`, so chunked bodies work too), with 408 if it takes
+/// longer than `timeout`, and with 400 if the method takes no body (GET, HEAD, DELETE).
+fn limited_body(
+    timeout: std::time::Duration,
+) -> impl Filter<Extract = (Vec<u8>,), Error = Rejection> + Clone {
+    warp::method()
+        .and(warp::header::optional::<u64>("content-length"))
         .and(warp::body::stream())
-        .and_then(|length: Option<u64>, stream| collect_limited(length, stream))
+        .and_then(
+            move |method: Method, length: Option<u64>, stream| async move {
+                let body = tokio::time::timeout(timeout, collect_limited(length, stream))
+                    .await
+                    .map_err(|_| warp::reject::custom(ApiError::body_too_slow(timeout)))??;
+                let takes_none = [Method::GET, Method::HEAD, Method::DELETE].contains(&method);
+                if takes_none && !body.is_empty() {
+                    return Err(warp::reject::custom(ApiError::body_not_allowed(&method)));
+                }
+                Ok(body)
+            },
+        )
 }
 
 async fn collect_limited<S, B>(length: Option<u64>, stream: S) -> Result<Vec<u8>, Rejection>
@@ -600,14 +855,8 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    fn too_large() -> Rejection {
-        warp::reject::custom(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {BODY_LIMIT} bytes"),
-        ))
-    }
     if length.is_some_and(|length| length > BODY_LIMIT as u64) {
-        return Err(too_large());
+        return Err(warp::reject::custom(ApiError::too_large()));
     }
     let mut stream = pin!(stream);
     let mut body = Vec::new();
@@ -618,7 +867,7 @@ where
             )))
         })?;
         if body.len() + chunk.remaining() > BODY_LIMIT {
-            return Err(too_large());
+            return Err(warp::reject::custom(ApiError::too_large()));
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -657,12 +906,12 @@ async fn rules_handler(
     result.unwrap_or_else(ApiError::into_response)
 }
 
-fn health_handler(method: Method, authorized: bool, api: Api) -> Response {
+fn health_handler(method: Method, access: Access, _body: Vec<u8>, api: Api) -> Response {
     if method != Method::GET {
         return ApiError::method_not_allowed(&method, "GET").into_response();
     }
     let store = &api.store;
-    let health = if authorized {
+    let health = if access == Access::Authorized {
         Health {
             status: "ok".into(),
             rules: Some(store.policy().rules().len()),
@@ -680,7 +929,7 @@ fn health_handler(method: Method, authorized: bool, api: Api) -> Response {
     json_response(StatusCode::OK, &health)
 }
 
-fn capabilities_handler(method: Method, api: Api) -> Response {
+fn capabilities_handler(method: Method, _body: Vec<u8>, api: Api) -> Response {
     if method != Method::GET {
         return ApiError::method_not_allowed(&method, "GET").into_response();
     }
@@ -728,7 +977,7 @@ fn capabilities_handler(method: Method, api: Api) -> Response {
     json_response(StatusCode::OK, &capabilities)
 }
 
-fn connections_handler(method: Method, api: Api) -> Response {
+fn connections_handler(method: Method, _body: Vec<u8>, api: Api) -> Response {
     if method != Method::GET {
         return ApiError::method_not_allowed(&method, "GET").into_response();
     }
@@ -894,27 +1143,16 @@ impl RuleFields {
     const KEYS: &'static str = "ip, enable, scheduler, path_manager";
 
     fn parse(content_type: Option<&str>, body: &[u8]) -> Result<RuleFields, ApiError> {
-        if let Some(content_type) = content_type {
-            let mime = content_type
+        let is_json = content_type.is_some_and(|content_type| {
+            content_type
                 .split(';')
                 .next()
                 .unwrap_or_default()
                 .trim()
-                .to_ascii_lowercase();
-            // curl's `-d` labels a JSON body as a form, and seed-era clients sent it as
-            // text: accept those when the body is JSON, so the seed's calls work verbatim.
-            let lenient = ["application/x-www-form-urlencoded", "text/plain"];
-            if mime != "application/json"
-                && !mime.ends_with("+json")
-                && !lenient.contains(&mime.as_str())
-            {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!(
-                        "content type {content_type:?} is not JSON; send `Content-Type: application/json` (curl: --json)"
-                    ),
-                ));
-            }
+                .eq_ignore_ascii_case("application/json")
+        });
+        if !is_json {
+            return Err(ApiError::not_json(content_type));
         }
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(ApiError::bad_request(format!(
@@ -1034,10 +1272,7 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {BODY_LIMIT} bytes"),
-        )
+        ApiError::too_large()
     } else {
         tracing::warn!(?rejection, "unexpected rejection");
         ApiError::bad_request(format!("bad request: {rejection:?}"))
@@ -1059,6 +1294,43 @@ mod tests {
             !shown.contains("s3cret") && shown.contains("<redacted>"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn hosts_that_name_the_listener() {
+        let accepts = |listen: &str, host: &str| {
+            AcceptedHosts {
+                listen: listen.parse().expect("addr"),
+            }
+            .accepts(&host.parse().expect("authority"))
+        };
+        for (listen, host, accepted) in [
+            ("127.0.0.1:5000", "127.0.0.1:5000", true),
+            ("127.0.0.1:5000", "localhost:5000", true),
+            ("127.0.0.1:5000", "LocalHost:5000", true),
+            ("127.0.0.1:5000", "127.0.0.1:5001", false),
+            ("127.0.0.1:5000", "127.0.0.1", false),
+            ("127.0.0.1:5000", "localhost", false),
+            ("127.0.0.1:5000", "rebind.attacker.example:5000", false),
+            ("127.0.0.1:5000", "127.0.0.2:5000", false),
+            ("127.0.0.1:5000", "[::1]:5000", false),
+            ("127.0.0.1:80", "127.0.0.1", true),
+            ("127.0.0.1:80", "localhost", true),
+            ("[::1]:5000", "[::1]:5000", true),
+            ("[::1]:5000", "[0:0::1]:5000", true),
+            ("[::1]:5000", "localhost:5000", true),
+            ("[::1]:5000", "127.0.0.1:5000", false),
+            ("192.0.2.7:5000", "192.0.2.7:5000", true),
+            ("192.0.2.7:5000", "localhost:5000", false),
+            ("192.0.2.7:5000", "api.example:5000", false),
+            ("0.0.0.0:5000", "192.0.2.7:5000", true),
+            ("0.0.0.0:5000", "[2001:db8::1]:5000", true),
+            ("0.0.0.0:5000", "localhost:5000", false),
+            ("0.0.0.0:5000", "api.example:5000", false),
+            ("0.0.0.0:5000", "192.0.2.7:5001", false),
+        ] {
+            assert_eq!(accepts(listen, host), accepted, "{host} for {listen}");
+        }
     }
 
     #[test]
@@ -1094,7 +1366,7 @@ mod tests {
 
     #[test]
     fn body_shapes() {
-        let parse = |body: &str| RuleFields::parse(None, body.as_bytes());
+        let parse = |body: &str| RuleFields::parse(Some("application/json"), body.as_bytes());
         let fields = parse(r#"{"enable": true, "ip": "a.example"}"#).expect("valid");
         assert_eq!(fields.enable, "1");
         assert_eq!(fields.scheduler, "default");
@@ -1122,12 +1394,33 @@ mod tests {
                 .map(|e| e.status),
             Some(StatusCode::UNSUPPORTED_MEDIA_TYPE)
         );
-        assert!(
-            RuleFields::parse(
-                Some("application/json; charset=utf-8"),
-                br#"{"enable":"1"}"#
-            )
-            .is_ok()
-        );
+        for accepted in [
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            "application/json;charset=UTF-8",
+        ] {
+            assert!(
+                RuleFields::parse(Some(accepted), br#"{"enable":"1"}"#).is_ok(),
+                "{accepted}"
+            );
+        }
+        // What a form or `fetch` without a preflight can send, and what is not JSON by name.
+        for refused in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            Some("application/merge-patch+json"),
+            Some("application/jsonx"),
+            Some(""),
+        ] {
+            assert_eq!(
+                RuleFields::parse(refused, br#"{"enable":"1"}"#)
+                    .err()
+                    .map(|e| e.status),
+                Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                "{refused:?}"
+            );
+        }
     }
 }

@@ -39,8 +39,9 @@ mod store;
 mod watch;
 
 pub use api::{
-    Api, BODY_LIMIT, Capabilities, ConnectionView, DESTINATION_ESCAPES, Health, LocalAddressView,
-    RuleView, SubflowView, routes, rule_location, rule_path, serve_api,
+    Api, ApiLimits, BODY_LIMIT, Capabilities, ConnectionView, DESTINATION_ESCAPES, Health,
+    LocalAddressView, RuleView, SubflowView, UnixApiSocket, routes, rule_location, rule_path,
+    serve_api,
 };
 pub use host::{Host, KernelProbe, LocalAddresses, LocalEndpoint, interface_name};
 pub use store::{ReloadError, Reloaded, RuleStore, StoreError};

@@ -208,23 +208,67 @@ async fn seed_body_creates_then_replaces() {
     );
 }
 
+/// What a page in a browser can send across origins without a CORS preflight (a form,
+/// `fetch` with `no-cors`), or a client that labels nothing: refused, nothing written.
 #[tokio::test]
-async fn seed_clients_without_content_type_are_accepted() {
+async fn bodies_not_labelled_json_are_refused() {
     let f = fixture(None);
-    let answer = request(&f.store, None, "POST", "/rules", Some(SEED_BODY), &[]).await;
-    assert_eq!(answer.status, StatusCode::CREATED);
+    for content_type in [
+        None,
+        Some("application/x-www-form-urlencoded"),
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("multipart/form-data; boundary=b"),
+    ] {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|t| ("content-type", t))
+            .into_iter()
+            .collect();
+        for (method, path) in [("POST", "/rules"), ("PUT", "/rules/example.com")] {
+            let answer = request(&f.store, None, method, path, Some(SEED_BODY), &headers).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "{method} {content_type:?}: {}",
+                answer.body
+            );
+            assert!(
+                error_of(&answer).contains("application/json"),
+                "{}",
+                answer.body
+            );
+        }
+    }
+    assert!(!f.path.exists(), "nothing was written");
+    let headers = [("content-type", "application/json; charset=utf-8")];
+    let answer = request(&f.store, None, "POST", "/rules", Some(SEED_BODY), &headers).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
     assert_file_in_sync(&f);
-    // `curl -d '{...}'` labels the JSON as a form; Postman's raw mode as text.
-    for content_type in ["application/x-www-form-urlencoded", "text/plain"] {
-        let headers = [("content-type", content_type)];
-        let answer = request(&f.store, None, "POST", "/rules", Some(SEED_BODY), &headers).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::OK,
-            "{content_type}: {}",
+}
+
+/// GET, HEAD and DELETE take no body: one is refused, and a DELETE with one deletes nothing.
+#[tokio::test]
+async fn a_body_on_a_method_that_takes_none_is_refused() {
+    let f = fixture(Some("example.com,1,default,default,\n.\n"));
+    for (method, path) in [
+        ("GET", "/rules"),
+        ("GET", "/rules/example.com"),
+        ("DELETE", "/rules/example.com"),
+        ("GET", "/health"),
+        ("GET", "/capabilities"),
+        ("GET", "/connections"),
+    ] {
+        let answer = call(&f.store, method, path, Some(SEED_BODY)).await;
+        assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{method} {path}");
+        assert!(
+            error_of(&answer).contains("takes no body"),
+            "{}",
             answer.body
         );
     }
+    assert_eq!(f.store.policy().rules().len(), 1);
+    let answer = call(&f.store, "DELETE", "/rules/example.com", None).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
 }
 
 #[tokio::test]
@@ -376,82 +420,82 @@ async fn malformed_bodies_are_refused_and_change_nothing() {
             StatusCode::BAD_REQUEST,
             "empty",
         ),
-        ("[1, 2]", &[], StatusCode::BAD_REQUEST, "got an array"),
+        ("[1, 2]", JSON, StatusCode::BAD_REQUEST, "got an array"),
         (
             r#"{"ip": "example.com", "enable": [1]}"#,
-            &[],
+            JSON,
             StatusCode::BAD_REQUEST,
             "`enable`",
         ),
         (
             r#"{"ip": 17, "enable": "1"}"#,
-            &[],
+            JSON,
             StatusCode::BAD_REQUEST,
             "`ip` must be a string",
         ),
         (
             r#"{"ip": "example.com", "enable": "1", "scheduler": 3}"#,
-            &[],
+            JSON,
             StatusCode::BAD_REQUEST,
             "`scheduler`",
         ),
         (
             r#"{"enable": "1"}"#,
-            &[],
+            JSON,
             StatusCode::BAD_REQUEST,
             "missing field `ip`",
         ),
         (
             r#"{"ip": "example.com"}"#,
-            &[],
+            JSON,
             StatusCode::BAD_REQUEST,
             "missing field `enable`",
         ),
         (
             r#"{"ip": "example.com", "enable": "1", "schedular": "redundant"}"#,
-            &[],
+            JSON,
             StatusCode::BAD_REQUEST,
             "unknown field `schedular`",
         ),
         (
             r#"{"ip": "10.1.2.3/40", "enable": "1"}"#,
-            &[],
+            JSON,
             StatusCode::UNPROCESSABLE_ENTITY,
             "10.1.2.3/40",
         ),
         (
             r#"{"ip": "2001:db8::zz", "enable": "1"}"#,
-            &[],
+            JSON,
             StatusCode::UNPROCESSABLE_ENTITY,
             "2001:db8::zz",
         ),
         (
             r#"{"ip": "not a host!", "enable": "1"}"#,
-            &[],
+            JSON,
             StatusCode::UNPROCESSABLE_ENTITY,
             "not a host!",
         ),
         (
             r#"{"ip": "example.com", "enable": "1", "scheduler": "fast"}"#,
-            &[],
+            JSON,
             StatusCode::UNPROCESSABLE_ENTITY,
             "fast",
         ),
         (
             r#"{"ip": "example.com", "enable": "1", "path_manager": "mesh"}"#,
-            &[],
+            JSON,
             StatusCode::UNPROCESSABLE_ENTITY,
             "mesh",
         ),
         (
             r#"{"ip": "example.com", "enable": "yes"}"#,
-            &[],
+            JSON,
             StatusCode::UNPROCESSABLE_ENTITY,
             "yes",
         ),
         (
             r#"{"ip": "example.com", "enable": 7}"#,
-            &[],
+            JSON,
             StatusCode::UNPROCESSABLE_ENTITY,
             "7",
         ),
@@ -464,8 +508,8 @@ async fn malformed_bodies_are_refused_and_change_nothing() {
         (
             "enable=1&ip=example.com",
             &[("content-type", "application/x-www-form-urlencoded")],
-            StatusCode::BAD_REQUEST,
-            "malformed JSON",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not JSON",
         ),
     ];
     for (body, headers, status, needle) in cases {
@@ -578,7 +622,11 @@ async fn bearer_token() {
     assert!(!f.path.exists());
 
     let ok = [("authorization", "Bearer s3cret")];
-    let answer = request(&f.store, token, "POST", "/rules", Some(SEED_BODY), &ok).await;
+    let ok_json = [
+        ("authorization", "Bearer s3cret"),
+        ("content-type", "application/json"),
+    ];
+    let answer = request(&f.store, token, "POST", "/rules", Some(SEED_BODY), &ok_json).await;
     assert_eq!(answer.status, StatusCode::CREATED);
     let answer = request(
         &f.store,
@@ -604,6 +652,72 @@ async fn bearer_token() {
     assert_eq!(answer.body, json!({"status": "ok"}));
     let answer = request(&f.store, token, "GET", "/health", None, &ok).await;
     assert_eq!(answer.body["rules"], 1);
+    // A wrong token is refused there too, not answered as if none were sent.
+    for wrong in ["Bearer s3cre", "Basic s3cret", ""] {
+        let headers = [("authorization", wrong)];
+        let answer = request(&f.store, token, "GET", "/health", None, &headers).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{wrong:?}");
+    }
+    let answer = request(
+        &f.store,
+        token,
+        "GET",
+        "/health",
+        None,
+        &[
+            ("authorization", "Bearer s3cret"),
+            ("authorization", "Bearer x"),
+        ],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "two tokens");
+}
+
+/// DNS rebinding: a page whose name now resolves to the API's address sends that name as
+/// `Host`. Only the listener's own address (and `localhost` for loopback) gets through,
+/// before the token or the body are looked at.
+#[tokio::test]
+async fn only_hosts_naming_the_listener_are_served() {
+    let f = fixture(None);
+    let api = Api::new(f.store.clone())
+        .host(legacy())
+        .listening_on("127.0.0.1:5000".parse().expect("addr"));
+    for host in ["127.0.0.1:5000", "localhost:5000"] {
+        let answer = send(&api, "GET", "/rules", None, &[("host", host)]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{host}");
+    }
+    let post_headers = |host| [("host", host), ("content-type", "application/json")];
+    for host in [
+        "rebind.attacker.example:5000",
+        "127.0.0.1:8080",
+        "127.0.0.1",
+        "[::1]:5000",
+        "localhost.:5000",
+    ] {
+        let answer = send(&api, "POST", "/rules", Some(SEED_BODY), &post_headers(host)).await;
+        assert_eq!(answer.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+        let message = error_of(&answer);
+        assert!(
+            message.contains("127.0.0.1:5000") && message.contains("localhost:5000"),
+            "{message}"
+        );
+        let answer = send(&api, "GET", "/nope", None, &[("host", host)]).await;
+        assert_eq!(answer.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+    }
+    assert!(!f.path.exists(), "nothing was written");
+    let answer = send(&api, "GET", "/health", None, &[]).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&answer).contains("no `Host`"));
+    // An absolute request URI names the host too; it must agree with the header.
+    let answer = send(
+        &api,
+        "GET",
+        "http://evil.example:5000/health",
+        None,
+        &[("host", "evil.example:5000")],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::MISDIRECTED_REQUEST);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1022,8 +1136,10 @@ async fn chunked_body_over_the_limit_is_413() {
 
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let head = "POST /rules HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-                    Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+        let head = format!(
+            "POST /rules HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        );
         stream.write_all(head.as_bytes()).await.expect("write");
         let chunk = "x".repeat(4096);
         for _ in 0..5 {

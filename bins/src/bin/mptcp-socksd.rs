@@ -57,7 +57,8 @@ struct Args {
     /// The rule file (seed format; created on the first change through the API).
     #[arg(long, default_value = "mptcp-socks.rules", env = "MPTCP_SOCKS_POLICY")]
     policy: PathBuf,
-    /// Address of the REST API, or "off".
+    /// Address of the REST API: ADDRESS:PORT, unix:PATH (a socket only this user can
+    /// reach), or "off".
     #[arg(long, default_value = "127.0.0.1:5000", value_parser = parse_api)]
     api: ApiAddr,
     /// Bearer token the REST API requires; mandatory when it listens beyond loopback.
@@ -102,19 +103,23 @@ fn parse_pm_mode(s: &str) -> Result<PmMode, String> {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum ApiAddr {
     Off,
     On(SocketAddr),
+    Unix(PathBuf),
 }
 
 fn parse_api(s: &str) -> Result<ApiAddr, String> {
     match s {
         "off" | "none" | "" => Ok(ApiAddr::Off),
-        _ => s
-            .parse()
-            .map(ApiAddr::On)
-            .map_err(|_| format!("{s:?} is not ADDRESS:PORT (e.g. 127.0.0.1:5000) or \"off\"")),
+        _ if s.starts_with("unix:") => match &s["unix:".len()..] {
+            "" => Err("unix: needs a path, e.g. unix:/run/mptcp-socks/api.sock".to_owned()),
+            path => Ok(ApiAddr::Unix(PathBuf::from(path))),
+        },
+        _ => s.parse().map(ApiAddr::On).map_err(|_| {
+            format!("{s:?} is not ADDRESS:PORT (e.g. 127.0.0.1:5000), unix:PATH or \"off\"")
+        }),
     }
 }
 
@@ -140,8 +145,7 @@ async fn main() -> anyhow::Result<()> {
             "the REST API on {addr} would be reachable from the network: set a token with \
              --api-token or MPTCP_SOCKS_API_TOKEN, or listen on 127.0.0.1"
         ),
-        ApiAddr::On(addr) => Some(addr),
-        ApiAddr::Off => None,
+        other => other,
     };
 
     log_kernel_support(&KernelSupport::probe());
@@ -169,21 +173,26 @@ async fn main() -> anyhow::Result<()> {
     // inventory is what `ip mptcp endpoint` lists.
     let connections = Connections::default();
     let local_addresses = LocalAddresses::default();
+    let rest = Api::new(store.clone())
+        .token(api_token)
+        .host(Host::new(args.path_manager).local_addresses(local_addresses.clone()))
+        .connections(connections.clone());
     let api_task = match api {
-        Some(addr) => {
+        ApiAddr::On(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for the REST API on {addr}"))?;
             tracing::info!("REST API listening on http://{}", listener.local_addr()?);
-            Some(tokio::spawn(
-                Api::new(store.clone())
-                    .token(api_token)
-                    .host(Host::new(args.path_manager).local_addresses(local_addresses.clone()))
-                    .connections(connections.clone())
-                    .serve(listener, stopped()),
-            ))
+            Some(tokio::spawn(rest.serve(listener, stopped())))
         }
-        None => None,
+        ApiAddr::Unix(path) => {
+            let socket = mptcp_socks_bins::UnixApiSocket::bind(&path).with_context(|| {
+                format!("cannot listen for the REST API on unix:{}", path.display())
+            })?;
+            tracing::info!("REST API listening on unix:{}", path.display());
+            Some(tokio::spawn(rest.serve_unix(socket, stopped())))
+        }
+        ApiAddr::Off => None,
     };
 
     let auth = args

@@ -4,6 +4,9 @@
 //! 3 the API cannot be reached.
 
 use std::fmt::Write as _;
+use std::io::{Read, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,13 +14,13 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mptcp_policy::{PathManager, Scheduler};
 use mptcp_socks_bins::{Capabilities, ConnectionView, Health, RuleView, rule_path};
 use serde_json::{Value, json};
-use ureq::http::{Response, StatusCode};
+use ureq::http::StatusCode;
 
 /// Manage the per-destination MPTCP policy of a running mptcp-socksd.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    /// Base URL of the daemon's REST API.
+    /// Base URL of the daemon's REST API, or unix:PATH for its Unix socket.
     #[arg(
         long,
         env = "MPTCP_SOCKS_API",
@@ -198,10 +201,11 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 "ip": destination,
                 "enable": if *mptcp == OnOff::On { "1" } else { "0" },
                 "scheduler": scheduler.as_str(),
-                "path_manager": path_manager.as_str(),
+                // Display, not `as_str`: `ndiffports:3` keeps its count.
+                "path_manager": path_manager.to_string(),
             });
             let response = client.post("/rules", &request)?;
-            let created = response.status() == StatusCode::CREATED;
+            let created = response.status == StatusCode::CREATED;
             let body = client.expect_ok(response)?;
             if cli.json {
                 return print_json(&body);
@@ -462,20 +466,46 @@ fn from_value<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Failure>
         .map_err(|err| Failure::Api(format!("unexpected answer from the API: {err}")))
 }
 
+/// A status and body from the API.
+struct Answer {
+    status: StatusCode,
+    text: String,
+}
+
+/// How the API is reached.
+enum Endpoint {
+    /// `http://HOST:PORT` (the default).
+    Http { agent: ureq::Agent, base: String },
+    /// The daemon's `--api unix:PATH`.
+    Unix(PathBuf),
+}
+
 struct Client {
-    agent: ureq::Agent,
+    endpoint: Endpoint,
+    /// What the messages call the API: its URL or `unix:PATH`.
     base: String,
     token: Option<String>,
 }
 
+/// The longest answer read from a Unix socket (a long connection list is well below).
+const ANSWER_LIMIT: u64 = 64 * 1024 * 1024;
+
 impl Client {
     fn new(cli: &Cli) -> Self {
+        let token = cli.token.clone().filter(|t| !t.is_empty());
+        if let Some(path) = cli.api.strip_prefix("unix:") {
+            return Client {
+                endpoint: Endpoint::Unix(PathBuf::from(path)),
+                base: cli.api.clone(),
+                token,
+            };
+        }
         let agent = ureq::Agent::config_builder()
             // Error statuses carry the server's message: read them, do not turn them into
             // a bare "status 422".
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(TIMEOUT))
             .build()
             .into();
         let base = cli.api.trim_end_matches('/');
@@ -486,42 +516,94 @@ impl Client {
             format!("http://{base}")
         };
         Client {
-            agent,
+            endpoint: Endpoint::Http {
+                agent,
+                base: base.clone(),
+            },
             base,
-            token: cli.token.clone().filter(|t| !t.is_empty()),
+            token,
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn auth(&self) -> Option<String> {
-        self.token.as_ref().map(|t| format!("Bearer {t}"))
-    }
-
-    fn get(&self, path: &str) -> Result<Response<ureq::Body>, Failure> {
-        let mut request = self.agent.get(self.url(path));
-        if let Some(auth) = self.auth() {
-            request = request.header("Authorization", auth);
+    fn auth(&self) -> Result<Option<String>, Failure> {
+        let Some(token) = &self.token else {
+            return Ok(None);
+        };
+        // It goes into a header line: a line break would end it.
+        if token.bytes().any(|b| b.is_ascii_control()) {
+            return Err(Failure::Usage(
+                "the token contains control characters".into(),
+            ));
         }
-        request.call().map_err(|err| self.transport(err))
+        Ok(Some(format!("Bearer {token}")))
     }
 
-    fn delete(&self, path: &str) -> Result<Response<ureq::Body>, Failure> {
-        let mut request = self.agent.delete(self.url(path));
-        if let Some(auth) = self.auth() {
-            request = request.header("Authorization", auth);
-        }
-        request.call().map_err(|err| self.transport(err))
+    fn get(&self, path: &str) -> Result<Answer, Failure> {
+        self.send("GET", path, None)
     }
 
-    fn post(&self, path: &str, body: &Value) -> Result<Response<ureq::Body>, Failure> {
-        let mut request = self.agent.post(self.url(path));
-        if let Some(auth) = self.auth() {
-            request = request.header("Authorization", auth);
+    fn delete(&self, path: &str) -> Result<Answer, Failure> {
+        self.send("DELETE", path, None)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Result<Answer, Failure> {
+        self.send("POST", path, Some(body))
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, Failure> {
+        let auth = self.auth()?;
+        match &self.endpoint {
+            Endpoint::Http { agent, base } => {
+                let url = format!("{base}{path}");
+                let response = match (method, body) {
+                    ("POST", Some(body)) => {
+                        let mut request = agent.post(url);
+                        if let Some(auth) = &auth {
+                            request = request.header("Authorization", auth);
+                        }
+                        request.send_json(body)
+                    }
+                    _ => {
+                        let mut request = if method == "DELETE" {
+                            agent.delete(url)
+                        } else {
+                            agent.get(url)
+                        };
+                        if let Some(auth) = &auth {
+                            request = request.header("Authorization", auth);
+                        }
+                        request.call()
+                    }
+                };
+                let mut response = response.map_err(|err| self.transport(err))?;
+                let text = response
+                    .body_mut()
+                    .read_to_string()
+                    .map_err(|err| Failure::Api(format!("cannot read the answer: {err}")))?;
+                Ok(Answer {
+                    status: response.status(),
+                    text,
+                })
+            }
+            Endpoint::Unix(socket) => {
+                let body = body.map(Value::to_string);
+                let raw = unix_exchange(socket, method, path, auth.as_deref(), body.as_deref())
+                    .map_err(|err| {
+                        Failure::Unreachable(format!(
+                            "cannot reach the API at {}: {err} (is mptcp-socksd running, with \
+                             --api {}?)",
+                            self.base, self.base
+                        ))
+                    })?;
+                let (status, body) = parse_answer(&raw).map_err(|err| {
+                    Failure::Api(format!("bad answer from the API at {}: {err}", self.base))
+                })?;
+                Ok(Answer {
+                    status,
+                    text: String::from_utf8_lossy(&body).into_owned(),
+                })
+            }
         }
-        request.send_json(body).map_err(|err| self.transport(err))
     }
 
     fn transport(&self, err: ureq::Error) -> Failure {
@@ -541,12 +623,8 @@ impl Client {
     }
 
     /// The JSON body of a successful answer (`null` for 204), or the server's message.
-    fn expect_ok(&self, mut response: Response<ureq::Body>) -> Result<Value, Failure> {
-        let status = response.status();
-        let text = response
-            .body_mut()
-            .read_to_string()
-            .map_err(|err| Failure::Api(format!("cannot read the answer: {err}")))?;
+    fn expect_ok(&self, answer: Answer) -> Result<Value, Failure> {
+        let Answer { status, text } = answer;
         if status.is_success() {
             if text.trim().is_empty() {
                 return Ok(Value::Null);
@@ -566,9 +644,137 @@ impl Client {
     }
 }
 
+/// How long one exchange with the API may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One HTTP/1.1 request over the Unix socket at `socket`, and the raw answer (the server
+/// closes after it: `Connection: close`).
+fn unix_exchange(
+    socket: &Path,
+    method: &str,
+    target: &str,
+    auth: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<Vec<u8>> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    // The daemon does not check Host on its Unix socket, but HTTP/1.1 requires one.
+    let mut request = format!(
+        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n"
+    );
+    if let Some(auth) = auth {
+        let _ = write!(request, "Authorization: {auth}\r\n");
+    }
+    if let Some(body) = body {
+        let _ = write!(
+            request,
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or_default());
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::new();
+    stream.take(ANSWER_LIMIT).read_to_end(&mut answer)?;
+    Ok(answer)
+}
+
+/// The status and body of a raw HTTP/1.1 answer, with a chunked body decoded.
+fn parse_answer(raw: &[u8]) -> Result<(StatusCode, Vec<u8>), String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("the answer has no complete header")?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "the header is not UTF-8")?;
+    let body = &raw[end + 4..];
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or_else(|| format!("not an HTTP status line: {status_line:?}"))?;
+    let mut chunked = false;
+    let mut length = None;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        } else if name.eq_ignore_ascii_case("content-length") {
+            length = Some(value.parse::<usize>().map_err(|_| "bad Content-Length")?);
+        }
+    }
+    if chunked {
+        return dechunk(body).map(|body| (status, body));
+    }
+    match length {
+        Some(length) if length > body.len() => Err("the answer was cut short".into()),
+        Some(length) => Ok((status, body[..length].to_vec())),
+        None => Ok((status, body.to_vec())),
+    }
+}
+
+fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("a chunk was cut short")?;
+        let size_text = std::str::from_utf8(&raw[..line_end]).map_err(|_| "bad chunk size")?;
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = raw.get(..size).ok_or("a chunk was cut short")?;
+        body.extend_from_slice(chunk);
+        raw = raw.get(size + 2..).ok_or("a chunk was cut short")?;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_answers_parse() {
+        let plain = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(
+            parse_answer(plain),
+            Ok((StatusCode::CREATED, b"{}".to_vec()))
+        );
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[1,\r\n2;x=y\r\n2]\r\n0\r\n\r\n";
+        assert_eq!(
+            parse_answer(chunked),
+            Ok((StatusCode::OK, b"[1,2]".to_vec()))
+        );
+        let empty = b"HTTP/1.1 204 No Content\r\n\r\n";
+        assert_eq!(
+            parse_answer(empty),
+            Ok((StatusCode::NO_CONTENT, Vec::new()))
+        );
+        for bad in [
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            b"SSH-2.0-x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nff\r\nab",
+        ] {
+            assert!(
+                parse_answer(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
 
     #[test]
     fn byte_counts_read_as_operators_expect() {
