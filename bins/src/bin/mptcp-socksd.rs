@@ -177,12 +177,16 @@ async fn main() -> anyhow::Result<()> {
         .token(api_token)
         .host(Host::new(args.path_manager).local_addresses(local_addresses.clone()))
         .connections(connections.clone());
+    // Where the API listens on TCP, which the proxy must never connect to.
+    let mut api_tcp = None;
     let api_task = match api {
         ApiAddr::On(addr) => {
             let listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for the REST API on {addr}"))?;
-            tracing::info!("REST API listening on http://{}", listener.local_addr()?);
+            let bound = listener.local_addr()?;
+            api_tcp = Some(bound);
+            tracing::info!("REST API listening on http://{bound}");
             Some(tokio::spawn(rest.serve(listener, stopped())))
         }
         ApiAddr::Unix(path) => {
@@ -221,7 +225,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(usize::MAX),
         idle_timeout: (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout)),
         // The REST API is never reachable through the proxy, whatever the rules say.
-        never_connect: api.into_iter().collect(),
+        never_connect: api_tcp.into_iter().collect(),
         bind_addr: args.bind,
         handshake_timeout: Duration::from_secs(args.handshake_timeout),
         connect_timeout: Duration::from_secs(args.connect_timeout),
