@@ -34,6 +34,7 @@
 //! every rule change from its next connection on.
 
 mod api;
+mod daemon_support;
 mod host;
 mod store;
 mod watch;
@@ -43,6 +44,7 @@ pub use api::{
     LocalAddressView, RuleView, SubflowView, UnixApiSocket, routes, rule_location, rule_path,
     serve_api,
 };
+pub use daemon_support::{escape_controls, escaping_fields, raise_fd_limit, read_secret_file};
 pub use host::{Host, KernelProbe, LocalAddresses, LocalEndpoint, interface_name};
 pub use store::{ReloadError, Reloaded, RuleStore, StoreError};
 pub use watch::{WatchGuard, spawn_watcher};

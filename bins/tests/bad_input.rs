@@ -261,3 +261,59 @@ fn settings_that_cannot_take_effect_are_refused_or_reported() {
     );
     assert!(caps.contains(r#""kernel":"upstream""#), "{caps}");
 }
+
+#[test]
+fn password_from_a_file_and_a_forged_log_line_stays_one_escaped_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules");
+    std::fs::write(&rules, "127.0.0.1,0,default,default,access=allow,\n.\n").expect("rules");
+    let secret = dir.path().join("password");
+    std::fs::write(&secret, format!("{}\n", USER.1)).expect("password file");
+    let mut cmd = daemon_bin();
+    cmd.args(["-i", "127.0.0.1", "-p", "0", "--api", "off"])
+        .args(["-u", USER.0, "--password-file"])
+        .arg(&secret)
+        .arg("--policy")
+        .arg(&rules)
+        .env_remove("MPTCP_SOCKS_PASSWORD");
+    let daemon = Daemon::start(cmd, false).expect("daemon starts");
+    let echo = echo_server();
+    still_serves(&daemon, echo);
+    assert!(
+        !daemon.log().contains("/proc/PID/cmdline"),
+        "a password from a file needs no warning"
+    );
+
+    // A username carrying a newline, a forged log line and a terminal escape.
+    let forged = "x\nINFO forged line\x1b[31m";
+    let mut s = fresh(&daemon);
+    let answer = socks::request(&mut s, Target::Addr(echo), Some((forged, "wrong")), 1);
+    assert!(
+        matches!(answer, Ok(socks::Answer::AuthRefused(_))),
+        "{answer:?}"
+    );
+    assert!(daemon.wait_for_log("failed password attempts", Duration::from_secs(5)));
+    let log = daemon.log();
+    assert!(
+        !log.lines().any(|l| l.starts_with("INFO forged")),
+        "the forged line stands alone:\n{log}"
+    );
+    assert!(!log.contains('\x1b'), "a raw escape reached the log");
+    assert!(
+        log.contains("INFO forged line"),
+        "the username is shown, escaped:\n{log}"
+    );
+}
+
+#[test]
+fn a_password_on_the_command_line_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = daemon_bin();
+    cmd.args(["-i", "127.0.0.1", "-p", "0", "--api", "off"])
+        .args(["-u", USER.0, "-P", USER.1])
+        .arg("--policy")
+        .arg(dir.path().join("rules"));
+    let daemon = Daemon::start(cmd, false).expect("daemon starts");
+    assert!(daemon.wait_for_log("/proc/PID/cmdline", Duration::from_secs(5)));
+    assert!(daemon.log().contains("file-descriptor limit"));
+}

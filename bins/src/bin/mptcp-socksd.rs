@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser, parser::ValueSource};
 use mptcp_policy::{Flavour, KernelSupport, PmMode};
 use mptcp_socks::{Auth, Connections, PolicyHandle, ServerConfig};
 use mptcp_socks_bins::{Api, Host, LocalAddresses, LocalEndpoint, RuleStore, spawn_watcher};
@@ -29,18 +29,25 @@ struct Args {
     /// Port to listen on for SOCKS5 clients (0: any free port).
     #[arg(short = 'p', long, default_value_t = 1080)]
     port: u16,
-    /// Username clients must authenticate with (needs -P).
-    #[arg(short = 'u', long, requires = "password")]
+    /// Username clients must authenticate with (needs a password: -P, --password-file or
+    /// MPTCP_SOCKS_PASSWORD).
+    #[arg(short = 'u', long, requires = "password_source")]
     user: Option<String>,
-    /// Password clients must authenticate with (needs -u).
+    /// Password clients must authenticate with (needs -u). On the command line every
+    /// local user can read it in /proc/PID/cmdline: prefer --password-file or the
+    /// environment.
     #[arg(
         short = 'P',
         long,
         requires = "user",
+        group = "password_source",
         env = "MPTCP_SOCKS_PASSWORD",
         hide_env_values = true
     )]
     password: Option<String>,
+    /// File whose first line is the password (needs -u).
+    #[arg(long, requires = "user", group = "password_source")]
+    password_file: Option<PathBuf>,
     /// Auth once: a client IP that authenticated once may use the proxy without auth
     /// afterwards (for browsers that cannot send a SOCKS password).
     #[arg(short = '1', long = "auth-once", requires = "user")]
@@ -62,8 +69,18 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:5000", value_parser = parse_api)]
     api: ApiAddr,
     /// Bearer token the REST API requires; mandatory when it listens beyond loopback.
-    #[arg(long, env = "MPTCP_SOCKS_API_TOKEN", hide_env_values = true)]
+    /// On the command line every local user can read it: prefer --api-token-file or the
+    /// environment.
+    #[arg(
+        long,
+        env = "MPTCP_SOCKS_API_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "api_token_file"
+    )]
     api_token: Option<String>,
+    /// File whose first line is the REST API's bearer token.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
     /// Seconds a client may take for greeting, authentication and request.
     #[arg(long, default_value_t = 10)]
     handshake_timeout: u64,
@@ -125,7 +142,8 @@ fn parse_api(s: &str) -> Result<ApiAddr, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let default_level = if args.quiet { "error" } else { "info" };
     // Two lines per connection: written by a background thread, so a slow terminal or
     // pipe never stalls a relay. The guard flushes what is queued when main returns.
@@ -136,7 +154,34 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(log_writer)
         .with_ansi(std::io::stderr().is_terminal())
+        .fmt_fields(mptcp_socks_bins::escaping_fields())
         .init();
+
+    for (flag, id) in [("-P/--password", "password"), ("--api-token", "api_token")] {
+        if matches.value_source(id) == Some(ValueSource::CommandLine) {
+            tracing::warn!(
+                "{flag} on the command line can be read by every local user in /proc/PID/cmdline; \
+                 use a file (--password-file, --api-token-file) or the environment \
+                 (MPTCP_SOCKS_PASSWORD, MPTCP_SOCKS_API_TOKEN)"
+            );
+        }
+    }
+    if let Some(path) = &args.password_file {
+        args.password = Some(secret_from(path)?);
+    }
+    if let Some(path) = &args.api_token_file {
+        args.api_token = Some(secret_from(path)?);
+    }
+    let fd_limit = match mptcp_socks_bins::raise_fd_limit() {
+        Ok(limit) => {
+            tracing::info!(limit, "file-descriptor limit");
+            limit
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise the file-descriptor limit: {e}");
+            1024
+        }
+    };
 
     // An empty token (say, an unset variable expanded in a unit file) is no token.
     let api_token = args.api_token.filter(|t| !t.is_empty());
@@ -204,11 +249,10 @@ async fn main() -> anyhow::Result<()> {
         .zip(args.password)
         .map(|(user, password)| Auth::new(user, password));
     log_client_policy(auth.is_some(), &args.allow, args.allow_public_clients);
-    let max_connections = args
-        .max_connections
-        .map_or(ServerConfig::default().max_connections, |n| {
-            usize::try_from(n).unwrap_or(usize::MAX)
-        });
+    let max_connections = args.max_connections.map_or_else(
+        || connections_for_fd_limit(fd_limit),
+        |n| usize::try_from(n).unwrap_or(usize::MAX),
+    );
     tracing::info!(
         max_connections,
         max_client_connections = args.max_client_connections,
@@ -357,6 +401,24 @@ async fn keep_inventory(inventory: LocalAddresses) {
             Err(e) => tracing::debug!("cannot read the endpoint list: {e}"),
         }
     }
+}
+
+/// A secret from a file, with a warning when the file is readable by others.
+fn secret_from(path: &std::path::Path) -> anyhow::Result<String> {
+    let (secret, warning) = mptcp_socks_bins::read_secret_file(path).map_err(anyhow::Error::msg)?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    Ok(secret)
+}
+
+/// File descriptors kept back from client connections: the listeners, the API's
+/// connections, the rule file and its watcher, netlink sockets, the log.
+const FD_RESERVE: u64 = 256;
+
+/// Client connections that fit in `fd_limit` descriptors: two per relayed connection.
+fn connections_for_fd_limit(fd_limit: u64) -> usize {
+    usize::try_from((fd_limit.saturating_sub(FD_RESERVE) / 2).max(16)).unwrap_or(usize::MAX)
 }
 
 /// Says at start who may use the proxy.

@@ -1,0 +1,178 @@
+//! Small pieces of the daemon's start-up that deserve tests of their own: the
+//! file-descriptor limit, secrets read from files, and log formatting that escapes what
+//! clients send.
+
+use std::fmt::Write as _;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit and returns the
+/// new soft limit. The default soft limit of 1024 would cap the proxy at a few hundred
+/// relayed connections; the hard limit is what the operator (or systemd's LimitNOFILE)
+/// granted.
+///
+/// # Errors
+/// When the limit cannot be read or set.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Secret files are one line; anything longer is not a password file.
+const SECRET_MAX: u64 = 4096;
+
+/// Reads a secret (password, token) from a file: one line, the trailing newline dropped.
+/// Returns the secret and a warning when others than the owner may read the file.
+///
+/// # Errors
+/// When the file cannot be read, is empty, longer than 4 KiB, or has more than one line.
+pub fn read_secret_file(path: &Path) -> Result<(String, Option<String>), String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = file
+        .metadata()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    let mut text = String::new();
+    file.take(SECRET_MAX + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if text.len() as u64 > SECRET_MAX {
+        return Err(format!(
+            "{}: longer than {SECRET_MAX} bytes",
+            path.display()
+        ));
+    }
+    let secret = text.strip_suffix('\n').unwrap_or(&text);
+    let secret = secret.strip_suffix('\r').unwrap_or(secret);
+    if secret.is_empty() {
+        return Err(format!("{}: the file is empty", path.display()));
+    }
+    if secret.contains('\n') {
+        return Err(format!(
+            "{}: more than one line (the whole first line is the secret)",
+            path.display()
+        ));
+    }
+    let warning = (mode & 0o044 != 0).then(|| {
+        format!(
+            "{} can be read by other users (mode {:o}): chmod 600 it",
+            path.display(),
+            mode & 0o777
+        )
+    });
+    Ok((secret.to_owned(), warning))
+}
+
+/// `text` with every control character (C0, DEL, C1: newlines, escape sequences) written
+/// as an escape, so a log line stays one line and a terminal shows, not obeys, it.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(out, "{}", c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
+/// The daemon's field formatter: `name=value` pairs separated by spaces, the message
+/// first without a name, every value passed through [`escape_controls`]. At this depth
+/// no call site can forget to escape a client's bytes.
+pub fn escaping_fields()
+-> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt as _;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = escape_controls(&text);
+        if field.name() == "message" {
+            writer.write_str(&text)
+        } else {
+            write!(writer, "{field}={text}")
+        }
+    })
+    .delimited(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_are_escaped_and_the_rest_kept() {
+        let table = [
+            ("plain text: ü ok", "plain text: ü ok"),
+            ("a\nINFO forged", "a\\nINFO forged"),
+            ("\x1b[31mred", "\\u{1b}[31mred"),
+            ("tab\tcr\r\u{7f}\u{85}", "tab\\tcr\\r\\u{7f}\\u{85}"),
+        ];
+        for (input, escaped) in table {
+            assert_eq!(escape_controls(input), escaped, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn secret_files_are_one_line() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("secret");
+        let write = |text: &str, mode: u32| -> io::Result<()> {
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        };
+        write("s3cret\n", 0o600)?;
+        assert_eq!(read_secret_file(&path)?, ("s3cret".to_owned(), None));
+        write("s3cret", 0o644)?;
+        let (secret, warning) = read_secret_file(&path)?;
+        assert_eq!(secret, "s3cret");
+        assert!(warning.is_some_and(|w| w.contains("644")));
+        for bad in ["", "\n", "one\ntwo\n"] {
+            write(bad, 0o600)?;
+            assert!(read_secret_file(&path).is_err(), "{bad:?}");
+        }
+        write(&"x".repeat(5000), 0o600)?;
+        assert!(read_secret_file(&path).is_err());
+        assert!(read_secret_file(&dir.path().join("missing")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_fd_limit_is_raised_to_the_hard_limit() -> io::Result<()> {
+        let raised = raise_fd_limit()?;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into the struct we own.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        assert_eq!((limit.rlim_cur, raised), (limit.rlim_max, limit.rlim_max));
+        Ok(())
+    }
+}
