@@ -88,6 +88,10 @@ pub struct RuleView {
     pub scheduler: String,
     /// `default`, `fullmesh`, `ndiffports[:N]` or `binder`.
     pub path_manager: String,
+    /// `default` (the proxy's own host and link-local refused, all else allowed),
+    /// `allow` or `deny`: the rule file's `access=` option.
+    #[serde(default = "default_access")]
+    pub access: String,
     /// Whether everything the rule asks for happens on this host.
     #[serde(default = "yes")]
     pub in_effect: bool,
@@ -100,6 +104,10 @@ fn yes() -> bool {
     true
 }
 
+fn default_access() -> String {
+    "default".to_owned()
+}
+
 impl RuleView {
     /// `rule`, with what keeps it from taking effect (see [`mptcp_policy::limitations`]).
     pub fn new(rule: &Rule, limitations: &[Limitation]) -> Self {
@@ -108,6 +116,7 @@ impl RuleView {
             enable: rule.settings.mptcp,
             scheduler: rule.settings.scheduler.as_str().to_owned(),
             path_manager: rule.settings.path_manager.to_string(),
+            access: rule.access.as_str().to_owned(),
             in_effect: limitations.is_empty(),
             not_in_effect: limitations.iter().map(ToString::to_string).collect(),
         }
@@ -673,6 +682,7 @@ fn json_key(field: Field) -> Option<&'static str> {
         Field::Enable => Some("enable"),
         Field::Scheduler => Some("scheduler"),
         Field::PathManager => Some("path_manager"),
+        Field::Access => Some("access"),
         _ => None,
     }
 }
@@ -1137,10 +1147,11 @@ struct RuleFields {
     enable: String,
     scheduler: String,
     path_manager: String,
+    access: Option<String>,
 }
 
 impl RuleFields {
-    const KEYS: &'static str = "ip, enable, scheduler, path_manager";
+    const KEYS: &'static str = "ip, enable, scheduler, path_manager, access";
 
     fn parse(content_type: Option<&str>, body: &[u8]) -> Result<RuleFields, ApiError> {
         let is_json = content_type.is_some_and(|content_type| {
@@ -1169,10 +1180,9 @@ impl RuleFields {
                 type_name(&value)
             )));
         };
-        if let Some(unknown) = object
-            .keys()
-            .find(|key| !["ip", "enable", "scheduler", "path_manager"].contains(&key.as_str()))
-        {
+        if let Some(unknown) = object.keys().find(|key| {
+            !["ip", "enable", "scheduler", "path_manager", "access"].contains(&key.as_str())
+        }) {
             return Err(ApiError::bad_request(format!(
                 "unknown field `{unknown}`; expected {}",
                 Self::KEYS
@@ -1184,18 +1194,24 @@ impl RuleFields {
             scheduler: optional_string(&object, "scheduler")?.unwrap_or_else(|| "default".into()),
             path_manager: optional_string(&object, "path_manager")?
                 .unwrap_or_else(|| "default".into()),
+            access: optional_string(&object, "access")?,
         })
     }
 
     /// The rule for `destination` with these settings, through the rule file's parser.
     fn to_rule(&self, destination: &str) -> Result<Rule, ApiError> {
-        Rule::from_fields(
+        let mut rule = Rule::from_fields(
             destination,
             &self.enable,
             &self.scheduler,
             &self.path_manager,
         )
-        .map_err(|err| ApiError::invalid(&err))
+        .map_err(|err| ApiError::invalid(&err))?;
+        if let Some(access) = &self.access {
+            // The value itself goes through the rule file's option parser.
+            rule.access = access.parse().map_err(|err| ApiError::invalid(&err))?;
+        }
+        Ok(rule)
     }
 }
 

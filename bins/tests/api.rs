@@ -185,7 +185,7 @@ async fn seed_body_creates_then_replaces() {
     assert_eq!(answer.status, StatusCode::CREATED);
     assert_eq!(
         answer.body,
-        json!({"ip": "example.com", "enable": false, "scheduler": "default", "path_manager": "fullmesh", "in_effect": true})
+        json!({"ip": "example.com", "enable": false, "scheduler": "default", "path_manager": "fullmesh", "access": "default", "in_effect": true})
     );
     assert_eq!(answer.headers["location"], "/rules/example.com");
     assert_eq!(
@@ -204,7 +204,7 @@ async fn seed_body_creates_then_replaces() {
     let answer = call(&f.store, "GET", "/rules", None).await;
     assert_eq!(
         answer.body,
-        json!([{"ip": "example.com", "enable": true, "scheduler": "redundant", "path_manager": "ndiffports", "in_effect": true}])
+        json!([{"ip": "example.com", "enable": true, "scheduler": "redundant", "path_manager": "ndiffports", "access": "default", "in_effect": true}])
     );
 }
 
@@ -294,7 +294,7 @@ async fn enable_as_bool_and_number_and_defaults() {
         );
         assert_eq!(
             answer.body,
-            json!({"ip": ip, "enable": enable, "scheduler": "default", "path_manager": "default", "in_effect": true})
+            json!({"ip": ip, "enable": enable, "scheduler": "default", "path_manager": "default", "access": "default", "in_effect": true})
         );
     }
     assert_file_in_sync(&f);
@@ -772,7 +772,7 @@ async fn failed_write_is_500_and_changes_nothing() {
     let answer = call(&f.store, "GET", "/rules", None).await;
     assert_eq!(
         answer.body,
-        json!([{"ip": "192.0.2.1", "enable": true, "scheduler": "default", "path_manager": "default", "in_effect": true}])
+        json!([{"ip": "192.0.2.1", "enable": true, "scheduler": "default", "path_manager": "default", "access": "default", "in_effect": true}])
     );
     let answer = call(&f.store, "DELETE", "/rules/192.0.2.1", None).await;
     assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -1653,4 +1653,50 @@ async fn live_connections_through_a_real_socks_server() {
 
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+}
+
+#[tokio::test]
+async fn access_is_set_through_the_rule_files_parser() {
+    let f = fixture(None);
+    let body = r#"{"ip": "127.0.0.1", "enable": "0", "access": "allow"}"#;
+    let answer = call(&f.store, "POST", "/rules", Some(body)).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+    assert_eq!(answer.body["access"], "allow");
+    let body = r#"{"ip": "10.0.0.0/8", "enable": "1", "access": "deny"}"#;
+    assert_eq!(
+        call(&f.store, "POST", "/rules", Some(body)).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        fs::read_to_string(&f.path).expect("file"),
+        "127.0.0.1,0,default,default,access=allow,\n10.0.0.0/8,1,default,default,access=deny,\n.\n"
+    );
+    assert_file_in_sync(&f);
+    // Left out: the default, and the seed's form on disk.
+    let body = r#"{"ip": "10.0.0.0/8", "enable": "1"}"#;
+    let answer = call(&f.store, "POST", "/rules", Some(body)).await;
+    assert_eq!(answer.body["access"], "default");
+    assert!(
+        !fs::read_to_string(&f.path)
+            .expect("file")
+            .contains("10.0.0.0/8,1,default,default,access")
+    );
+    for bad in [
+        r#"{"ip": "10.0.0.1", "enable": "1", "access": "maybe"}"#,
+        r#"{"ip": "10.0.0.1", "enable": "1", "access": 1}"#,
+    ] {
+        let answer = call(&f.store, "POST", "/rules", Some(bad)).await;
+        assert!(answer.status.is_client_error(), "{bad}: {}", answer.status);
+        assert!(
+            error_of(&answer).contains("access"),
+            "{bad}: {}",
+            answer.body
+        );
+    }
+    assert!(
+        f.store
+            .policy()
+            .get(&"10.0.0.1".parse().expect("dest"))
+            .is_none()
+    );
 }

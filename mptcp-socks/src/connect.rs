@@ -142,15 +142,12 @@ pub(crate) async fn connect(
     }))
 }
 
-/// Whether `addr` is one of `listeners`, an unspecified listener address standing for
-/// its port on every address of the host.
+/// Whether `addr` may reach one of `listeners`: any address of this host (loopback,
+/// unspecified, which Linux connects to loopback, or an interface address) on a
+/// listener's port counts, so no rule can open a way to the proxy's own sockets.
 fn is_own_listener(addr: SocketAddr, listeners: &[SocketAddr], host: &HostAddresses) -> bool {
-    let ip = addr.ip().to_canonical();
-    listeners.iter().any(|listener| {
-        listener.port() == addr.port()
-            && (listener.ip().to_canonical() == ip
-                || (listener.ip().is_unspecified() && host.is_protected(ip)))
-    })
+    listeners.iter().any(|listener| listener.port() == addr.port())
+        && host.is_protected(addr.ip())
 }
 
 async fn attempt(

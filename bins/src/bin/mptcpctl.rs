@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mptcp_policy::{PathManager, Scheduler};
+use mptcp_policy::{Access, PathManager, Scheduler};
 use mptcp_socks_bins::{Capabilities, ConnectionView, Health, RuleView, rule_path};
 use serde_json::{Value, json};
 use ureq::http::StatusCode;
@@ -82,6 +82,10 @@ enum RulesCommand {
         /// default, fullmesh, ndiffports or binder.
         #[arg(long, default_value_t = PathManager::Default, value_parser = parse_path_manager)]
         path_manager: PathManager,
+        /// default (the proxy's own host refused, all else allowed), allow (opens an
+        /// address or prefix of the host on purpose) or deny (refused with reply 0x02).
+        #[arg(long, default_value_t = Access::Default, value_parser = parse_access)]
+        access: Access,
     },
     /// Remove the rule for a destination.
     #[command(alias = "remove", alias = "del")]
@@ -105,6 +109,11 @@ fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
 fn parse_path_manager(s: &str) -> Result<PathManager, String> {
     s.parse()
         .map_err(|_| format!("expected one of {}", names(PathManager::ALL)))
+}
+
+fn parse_access(s: &str) -> Result<Access, String> {
+    s.parse()
+        .map_err(|_| format!("expected one of {}", names(Access::ALL)))
 }
 
 fn names<T: std::fmt::Display>(all: &[T]) -> String {
@@ -196,8 +205,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             mptcp,
             scheduler,
             path_manager,
+            access,
         }) => {
             let request = json!({
+                "access": access.as_str(),
                 "ip": destination,
                 "enable": if *mptcp == OnOff::On { "1" } else { "0" },
                 "scheduler": scheduler.as_str(),
@@ -212,12 +223,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
             let rule: RuleView = from_value(body)?;
             println!(
-                "{} rule for {}: MPTCP {}, scheduler {}, path manager {}",
+                "{} rule for {}: MPTCP {}, scheduler {}, path manager {}, access {}",
                 if created { "added" } else { "replaced" },
                 rule.ip,
                 on_off(rule.enable),
                 rule.scheduler,
-                rule.path_manager
+                rule.path_manager,
+                rule.access
             );
             for reason in &rule.not_in_effect {
                 println!("not in effect here: {reason}");
@@ -263,7 +275,15 @@ fn on_off(enabled: bool) -> &'static str {
 /// The rules, a `!` before each one not (fully) in effect on the daemon's host, and why
 /// below the table.
 fn rules_table(rules: &[RuleView]) -> String {
-    let header = ["", "DESTINATION", "MPTCP", "SCHEDULER", "PATH MANAGER"].map(str::to_owned);
+    let header = [
+        "",
+        "DESTINATION",
+        "MPTCP",
+        "SCHEDULER",
+        "PATH MANAGER",
+        "ACCESS",
+    ]
+    .map(str::to_owned);
     let rows = rules.iter().map(|r| {
         [
             if r.in_effect { "" } else { "!" }.to_owned(),
@@ -271,6 +291,7 @@ fn rules_table(rules: &[RuleView]) -> String {
             on_off(r.enable).to_owned(),
             r.scheduler.clone(),
             r.path_manager.clone(),
+            r.access.clone(),
         ]
     });
     let mut out = table(header, rows);
