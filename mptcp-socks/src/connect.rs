@@ -146,7 +146,9 @@ pub(crate) async fn connect(
 /// unspecified, which Linux connects to loopback, or an interface address) on a
 /// listener's port counts, so no rule can open a way to the proxy's own sockets.
 fn is_own_listener(addr: SocketAddr, listeners: &[SocketAddr], host: &HostAddresses) -> bool {
-    listeners.iter().any(|listener| listener.port() == addr.port())
+    listeners
+        .iter()
+        .any(|listener| listener.port() == addr.port())
         && host.is_protected(addr.ip())
 }
 
