@@ -46,6 +46,10 @@ struct Scale {
     short_cap: Duration,
     /// Idle relayed connections held open for the memory figure.
     idle_conns: usize,
+    /// The soak: rounds of `soak_round` short connections through mptcp-socksd, for this
+    /// long, the daemon's descriptors and RSS sampled after each round.
+    soak: Duration,
+    soak_round: usize,
 }
 
 const FULL: Scale = Scale {
@@ -57,6 +61,8 @@ const FULL: Scale = Scale {
     short_concurrency: 32,
     short_cap: Duration::from_secs(10),
     idle_conns: 500,
+    soak: Duration::from_secs(180),
+    soak_round: 10_000,
 };
 
 const SMOKE: Scale = Scale {
@@ -68,6 +74,8 @@ const SMOKE: Scale = Scale {
     short_concurrency: 8,
     short_cap: Duration::from_secs(10),
     idle_conns: 16,
+    soak: Duration::from_secs(2),
+    soak_round: 64,
 };
 
 /// Bytes each short connection sends and expects back.
@@ -194,6 +202,7 @@ fn run(scale: Scale) -> anyhow::Result<()> {
             }
         }
         print_report(&routes, scale);
+        soak(&socksd, &targets, scale).await?;
         anyhow::Ok(())
     })?;
     drop(rt);
@@ -328,6 +337,10 @@ impl Proxy {
             self.name,
             self.addr
         )
+    }
+
+    fn fd_count(&self) -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))?.count())
     }
 
     fn rss_kib(&self) -> anyhow::Result<u64> {
@@ -607,6 +620,63 @@ async fn measure_memory(
         loaded_kib,
         conns,
     })
+}
+
+/// Opens and closes `soak_round` connections at a time through `proxy` until `soak` has
+/// passed, and prints its descriptors and RSS after each round: both must stay flat
+/// (a leak of one descriptor or a few bytes per connection shows as a climb).
+async fn soak(proxy: &Proxy, targets: &Targets, scale: Scale) -> anyhow::Result<()> {
+    // Tens of thousands of connections a minute would exhaust the ephemeral ports with
+    // TIME_WAIT sockets; this namespace is ours, so reuse them.
+    std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
+    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
+    let via = Via::Socks(proxy.name, proxy.addr);
+    let round_scale = Scale {
+        short_conns: scale.soak_round,
+        short_concurrency: 64,
+        short_cap: Duration::from_secs(60),
+        ..scale
+    };
+    let start = Instant::now();
+    let mut samples: Vec<(usize, u64)> = Vec::new();
+    let (mut done, mut failed) = (0, 0);
+    println!(
+        "\nsoak: rounds of {} connections through {} for {:?}",
+        scale.soak_round, proxy.name, scale.soak
+    );
+    println!(
+        "{:>8} {:>10} {:>8} {:>10} {:>8}",
+        "seconds", "conns", "failed", "RSS KiB", "fds"
+    );
+    while start.elapsed() < scale.soak {
+        let round = short_conns(via, targets, round_scale).await?;
+        done += round.latencies.len();
+        failed += round.failed;
+        tokio::time::sleep(SETTLE).await;
+        let sample = (proxy.fd_count()?, proxy.rss_kib()?);
+        println!(
+            "{:>8.0} {done:>10} {failed:>8} {:>10} {:>8}",
+            start.elapsed().as_secs_f64(),
+            sample.1,
+            sample.0
+        );
+        samples.push(sample);
+    }
+    let (first, last) = (samples[0], samples[samples.len() - 1]);
+    let max_fds = samples.iter().map(|s| s.0).max().unwrap_or(0);
+    let max_rss = samples.iter().map(|s| s.1).max().unwrap_or(0);
+    println!(
+        "soak: {done} connections, {failed} failed; fds first {} last {} max {max_fds}; \
+         RSS KiB first {} last {} max {max_rss}",
+        first.0, last.0, first.1, last.1
+    );
+    ensure!(
+        last.0 <= first.0 + 8,
+        "descriptors climbed from {} to {} over the soak",
+        first.0,
+        last.0
+    );
+    Ok(())
 }
 
 /// Everything measured over one way of reaching the servers.
