@@ -149,7 +149,10 @@ fn run(scale: Scale) -> anyhow::Result<()> {
     socksd_cmd
         .args(["-i", "127.0.0.1", "-p", &socksd_port.to_string()])
         .args(["--api", "off", "--policy"])
-        .arg(&policy);
+        .arg(&policy)
+        // Every client here is 127.0.0.1, and the memory step holds more than the
+        // default per-client cap open.
+        .args(["--max-client-connections", "1000000"]);
     let socksd = Proxy::start("mptcp-socksd", socksd_cmd, socksd_port, dir.path())?;
     let microsocks = match which("microsocks") {
         Some(bin) => {
