@@ -35,6 +35,7 @@
 
 mod api;
 mod host;
+pub mod pm_sysctl;
 mod store;
 mod watch;
 
