@@ -36,6 +36,7 @@
 mod api;
 mod daemon_support;
 mod host;
+pub mod pm_sysctl;
 mod store;
 mod watch;
 

@@ -71,6 +71,10 @@ pub enum Limitation {
     },
     /// `binder` exists only on the legacy kernel.
     BinderUnsupported,
+    /// The namespace runs the userspace path manager (`net.mptcp.path_manager=userspace`,
+    /// set by mptcpd or left behind by a daemon that died) but this daemon runs in
+    /// kernel mode: nobody creates subflows, so connections stay single-path.
+    NoSubflowsUserspacePm,
 }
 
 impl Limitation {
@@ -108,6 +112,9 @@ impl fmt::Display for Limitation {
             ),
             Limitation::BinderUnsupported => f.write_str(
                 "path manager binder exists only on the legacy multipath-tcp.org kernel; upstream Linux has no equivalent",
+            ),
+            Limitation::NoSubflowsUserspacePm => f.write_str(
+                "no subflows will be created: this network namespace runs the userspace path manager (sysctl net.mptcp.path_manager=userspace) and this daemon does not (run mptcp-socksd --path-manager userspace, or sysctl -w net.mptcp.path_manager=kernel)",
             ),
         }
     }
@@ -159,6 +166,12 @@ pub fn limitations(settings: &Settings, kernel: &KernelSupport, mode: PmMode) ->
             });
         }
         _ => {}
+    }
+    // The in-kernel path manager does nothing in a namespace switched to userspace, and
+    // this daemon does not drive the netlink family then: a rule's MPTCP is not in
+    // effect, whatever else it asks for. The host can fix it, so this is no refusal.
+    if mode == PmMode::InKernel && kernel.path_manager.as_deref() == Some("userspace") {
+        found.push(Limitation::NoSubflowsUserspacePm);
     }
     found
 }
@@ -224,6 +237,39 @@ mod tests {
                 assert!(limitation.to_string().contains(needle), "{limitation}");
             }
         }
+    }
+
+    #[test]
+    fn userspace_namespace_without_a_userspace_daemon() {
+        use PmMode::{InKernel, Userspace};
+        let mut k = upstream(&["default"]);
+        k.path_manager = Some("userspace".into());
+        let cases: &[(Settings, PmMode, &[&str])] = &[
+            (
+                settings(true, "default", "default"),
+                InKernel,
+                &["no subflows will be created"],
+            ),
+            (settings(true, "default", "default"), Userspace, &[]),
+            (settings(false, "default", "default"), InKernel, &[]),
+            (
+                settings(true, "default", "fullmesh"),
+                InKernel,
+                &["--path-manager userspace", "no subflows will be created"],
+            ),
+            (settings(true, "default", "fullmesh"), Userspace, &[]),
+        ];
+        for (s, mode, expected) in cases {
+            let found = limitations(s, &k, *mode);
+            assert_eq!(found.len(), expected.len(), "{s:?} {mode:?}: {found:?}");
+            for (limitation, needle) in found.iter().zip(*expected) {
+                assert!(limitation.to_string().contains(needle), "{limitation}");
+                assert!(!limitation.is_refusal(), "{limitation}");
+            }
+        }
+        // The kernel's own path manager: nothing to report.
+        k.path_manager = Some("kernel".into());
+        assert!(limitations(&settings(true, "default", "default"), &k, InKernel).is_empty());
     }
 
     #[test]

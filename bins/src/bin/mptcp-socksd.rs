@@ -13,7 +13,9 @@ use anyhow::{Context, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, parser::ValueSource};
 use mptcp_policy::{Flavour, KernelSupport, PmMode};
 use mptcp_socks::{Auth, Connections, PolicyHandle, ServerConfig};
-use mptcp_socks_bins::{Api, Host, LocalAddresses, LocalEndpoint, RuleStore, spawn_watcher};
+use mptcp_socks_bins::{
+    Api, Host, LocalAddresses, LocalEndpoint, RuleStore, pm_sysctl, spawn_watcher,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -278,9 +280,11 @@ async fn main() -> anyhow::Result<()> {
     };
 
     tokio::spawn(keep_inventory(local_addresses));
+    // A daemon killed in userspace mode left the namespace switched: put it back first.
+    pm_sysctl::recover_dead_daemon();
     let restore_pm = match args.path_manager {
         PmMode::Userspace => {
-            let restore = enable_userspace_pm()?;
+            let restore = pm_sysctl::UserspacePm::switch()?;
             let pm = tokio::spawn(mptcp_socks::run_userspace_pm(
                 config.connections.clone(),
                 stopped(),
@@ -288,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
             // Fail at start, with the reason, rather than run without subflows.
             tokio::time::sleep(Duration::from_millis(100)).await;
             if pm.is_finished() {
-                restore_sysctl(restore.as_ref());
+                drop(restore);
                 match pm.await {
                     Ok(Err(e)) if e.is_permission_denied() => bail!(
                         "--path-manager userspace needs CAP_NET_ADMIN for the mptcp_pm netlink \
@@ -300,7 +304,10 @@ async fn main() -> anyhow::Result<()> {
             }
             restore
         }
-        _ => None,
+        _ => {
+            pm_sysctl::warn_if_userspace();
+            None
+        }
     };
 
     tokio::spawn(async move {
@@ -310,61 +317,12 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let served = mptcp_socks::serve(socks, config, policy, stopped()).await;
-    restore_sysctl(restore_pm.as_ref());
+    drop(restore_pm);
     served?;
     if let Some(task) = api_task {
         let _ = task.await;
     }
     Ok(())
-}
-
-/// Switches this network namespace to the userspace path manager. Returns the sysctl
-/// and its previous value, to restore on exit, or `None` if it was already set.
-fn enable_userspace_pm() -> anyhow::Result<Option<(PathBuf, String)>> {
-    let dir = std::path::Path::new("/proc/sys/net/mptcp");
-    // Linux 6.15 names it path_manager; older kernels have pm_type (1 = userspace).
-    let (path, wanted) = if dir.join("path_manager").exists() {
-        (dir.join("path_manager"), "userspace")
-    } else {
-        (dir.join("pm_type"), "1")
-    };
-    let old = std::fs::read_to_string(&path)
-        .with_context(|| {
-            format!(
-                "--path-manager userspace needs upstream MPTCP with a userspace path manager \
-                 (Linux 5.19+): cannot read {}",
-                path.display()
-            )
-        })?
-        .trim()
-        .to_owned();
-    if old == wanted {
-        return Ok(None);
-    }
-    std::fs::write(&path, wanted).with_context(|| {
-        format!(
-            "--path-manager userspace needs CAP_NET_ADMIN to set {}={wanted} in this network \
-             namespace: run as root, or set it yourself (sysctl -w net.mptcp.{}={wanted})",
-            path.display(),
-            path.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
-        )
-    })?;
-    tracing::info!(
-        "set {}={wanted} for this network namespace (restored to {old} on exit); \
-         connections of other programs get the default path manager from this daemon",
-        path.display()
-    );
-    Ok(Some((path, old)))
-}
-
-fn restore_sysctl(saved: Option<&(PathBuf, String)>) {
-    if let Some((path, old)) = saved
-        && let Err(e) = std::fs::write(path, old)
-    {
-        tracing::warn!("cannot restore {} to {old}: {e}", path.display());
-    }
 }
 
 /// Keeps the local address inventory in step with the kernel's endpoint list

@@ -1,0 +1,180 @@
+//! A daemon killed with SIGKILL in `--path-manager userspace` mode cannot restore
+//! `net.mptcp.path_manager`; the next daemon in that namespace must (issue 7).
+//!
+//! Real kernel, real daemon binary, in a fresh network namespace of its own (always
+//! removed). Needs root; skipped without it unless `CI` is set.
+
+mod common;
+
+use std::fs::{self, File};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use common::netns::require_netns;
+
+/// How long a daemon may take to switch or restore the sysctl (it does so at start).
+const SYSCTL_WAIT: Duration = Duration::from_secs(10);
+
+/// A namespace of this test's own; deleted on drop, with anything still running in it.
+struct Netns(String);
+
+impl Netns {
+    fn new() -> anyhow::Result<Self> {
+        let name = format!("mptcp-pmtest-{}", std::process::id());
+        let out = Command::new("ip").args(["netns", "add", &name]).output()?;
+        ensure!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(Netns(name))
+    }
+
+    fn exec(&self) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.0]);
+        cmd
+    }
+
+    fn path_manager(&self) -> anyhow::Result<String> {
+        let out = self
+            .exec()
+            .args(["sysctl", "-n", "net.mptcp.path_manager"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "sysctl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Waits, bounded, for the namespace's path manager to read `wanted`.
+    fn wait_for(&self, wanted: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let now = self.path_manager()?;
+            if now == wanted {
+                return Ok(());
+            }
+            if start.elapsed() > SYSCTL_WAIT {
+                bail!(
+                    "net.mptcp.path_manager is still {now:?} after {SYSCTL_WAIT:?}, not {wanted:?}"
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The marker a userspace daemon keeps for this namespace.
+    fn marker(&self) -> anyhow::Result<String> {
+        let out = self
+            .exec()
+            .args(["stat", "-L", "-c", "%i", "/proc/self/ns/net"])
+            .output()?;
+        ensure!(out.status.success(), "stat of the namespace failed");
+        Ok(format!(
+            "/run/mptcp-socks/pm-{}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        ))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                    // SAFETY: plain syscall on a pid just listed in our own namespace.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// The daemon, killed on drop (`ip netns exec` execs it, so the child is the daemon).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(ns: &Netns, mode: &str, rules: &Path, log: &Path) -> anyhow::Result<Running> {
+    let child = ns
+        .exec()
+        .arg(env!("CARGO_BIN_EXE_mptcp-socksd"))
+        .args(["--path-manager", mode, "-i", "127.0.0.1", "-p", "0"])
+        .args(["--api", "off", "--policy"])
+        .arg(rules)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(File::create(log)?)
+        .stderr(File::create(log.with_extension("err"))?)
+        .spawn()
+        .context("starting mptcp-socksd")?;
+    Ok(Running(child))
+}
+
+fn logs(log: &Path) -> String {
+    let out = fs::read_to_string(log).unwrap_or_default();
+    let err = fs::read_to_string(log.with_extension("err")).unwrap_or_default();
+    format!("{out}{err}")
+}
+
+#[test]
+fn a_killed_userspace_daemon_is_cleaned_up_by_the_next_one() -> anyhow::Result<()> {
+    if !require_netns() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules");
+    fs::write(&rules, "")?;
+    let ns = Netns::new()?;
+    ensure!(
+        ns.path_manager()? == "kernel",
+        "a fresh namespace starts with the in-kernel path manager"
+    );
+    let marker = ns.marker()?;
+
+    let first_log = dir.path().join("first.log");
+    let mut first = start(&ns, "userspace", &rules, &first_log)?;
+    ns.wait_for("userspace").with_context(|| logs(&first_log))?;
+    // Checked last, so that on a daemon without markers the test fails on the sysctl.
+    let had_marker = Path::new(&marker).exists();
+    first.0.kill()?;
+    first.0.wait()?;
+    // Nobody ran the daemon's exit path: the namespace stays switched.
+    ensure!(
+        ns.path_manager()? == "userspace",
+        "SIGKILL restored the sysctl?"
+    );
+
+    let second_log = dir.path().join("second.log");
+    let second = start(&ns, "kernel", &rules, &second_log)?;
+    ns.wait_for("kernel").with_context(|| logs(&second_log))?;
+    ensure!(had_marker, "the userspace daemon kept no marker {marker}");
+    ensure!(
+        !Path::new(&marker).exists(),
+        "marker {marker} left after recovery"
+    );
+    // Bounded: the warning comes right after the restore, at start.
+    let start = Instant::now();
+    while !logs(&second_log).contains("died without restoring") {
+        ensure!(
+            start.elapsed() < SYSCTL_WAIT,
+            "no warning about the dead daemon: {}",
+            logs(&second_log)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(second);
+    Ok(())
+}
