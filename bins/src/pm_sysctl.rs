@@ -128,7 +128,13 @@ pub fn recover_dead_daemon() {
             return;
         }
     };
-    let (path, _) = sysctl();
+    let (path, wanted) = sysctl();
+    // Namespace inodes are reused once a namespace is gone, so a marker may be a dead
+    // namespace's: only a namespace still switched to userspace has anything to restore.
+    if read_sysctl(&path).is_ok_and(|v| v != wanted) {
+        let _ = fs::remove_file(&marker);
+        return;
+    }
     let recorded = match read_marker(&mut file) {
         Ok(value) => value,
         Err(e) => {
