@@ -3,15 +3,15 @@
 //! and a host described by the test (kernel, path-manager mode, addresses), plus passes
 //! over real sockets with the `mptcpctl` binary and a real SOCKS server.
 
-#[path = "common/socks.rs"]
-#[allow(dead_code)]
-mod socks;
+mod common;
+
+use common::daemon::ctl;
+use common::socks;
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -905,22 +905,6 @@ async fn watcher_picks_up_hand_edits_and_keeps_the_last_good_policy() {
     assert!(f.store.last_reload_error().is_none());
     assert_eq!(f.store.policy().rules().len(), 6);
     assert_file_in_sync(&f);
-}
-
-fn ctl(args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mptcpctl"));
-    cmd.args(args)
-        .env_remove("MPTCP_SOCKS_API")
-        .env_remove("MPTCP_SOCKS_API_TOKEN");
-    if let Some(token) = token {
-        cmd.env("MPTCP_SOCKS_API_TOKEN", token);
-    }
-    let out = cmd.output().expect("run mptcpctl");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The daemon's way in: `serve_api` on a real socket, driven by the `mptcpctl` binary.

@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use common::daemon::start_in_proxy;
+use common::daemon::{ctl, start_in_proxy};
 use common::netns::{Ns, Topology};
 use mptcp_socks::PolicyHandle;
 use mptcp_socks_bins::{Api, ApiLimits, RuleStore};
@@ -364,22 +364,6 @@ fn raw_unix(socket: &Path, head: &str) -> anyhow::Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
-}
-
-fn ctl(args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mptcpctl"));
-    cmd.args(args)
-        .env_remove("MPTCP_SOCKS_API")
-        .env_remove("MPTCP_SOCKS_API_TOKEN");
-    if let Some(token) = token {
-        cmd.env("MPTCP_SOCKS_API_TOKEN", token);
-    }
-    let out = cmd.output().expect("run mptcpctl");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Connections the flood opens: well past the default cap and the listen backlog.

@@ -157,3 +157,21 @@ pub fn start_in_proxy(
         .args(extra);
     Ok((Daemon::start(cmd, true)?, dir))
 }
+
+/// Runs the `mptcpctl` binary with `args` (and `token` through the environment, never
+/// from the caller's environment); its exit code, stdout and stderr.
+pub fn ctl(args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mptcpctl"));
+    cmd.args(args)
+        .env_remove("MPTCP_SOCKS_API")
+        .env_remove("MPTCP_SOCKS_API_TOKEN");
+    if let Some(token) = token {
+        cmd.env("MPTCP_SOCKS_API_TOKEN", token);
+    }
+    let out = cmd.output().expect("run mptcpctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
