@@ -220,14 +220,14 @@ fn build_daemon() -> anyhow::Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("benches/ has a parent")?;
-    println!("load: cargo build --release -p mptcp-socks-bins --bin mptcp-socksd");
+    println!("load: cargo build --release -p mptcp-socksd --bin mptcp-socksd");
     let out = Command::new(cargo)
         .current_dir(workspace)
         .args([
             "build",
             "--release",
             "-p",
-            "mptcp-socks-bins",
+            "mptcp-socksd",
             "--bin",
             "mptcp-socksd",
         ])

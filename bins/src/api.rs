@@ -267,10 +267,10 @@ impl From<&Connection> for ConnectionView {
 /// it lists and the token it requires. Cheap to clone.
 ///
 /// ```no_run
-/// # async fn daemon(store: mptcp_socks_bins::RuleStore, listener: tokio::net::TcpListener) {
+/// # async fn daemon(store: mptcp_socksd::RuleStore, listener: tokio::net::TcpListener) {
 /// use mptcp_policy::PmMode;
 /// use mptcp_socks::{Connections, ServerConfig};
-/// use mptcp_socks_bins::{Api, Host, LocalAddresses};
+/// use mptcp_socksd::{Api, Host, LocalAddresses};
 ///
 /// let connections = Connections::default();
 /// let inventory = LocalAddresses::default(); // refreshed from `ip mptcp endpoint`

@@ -117,7 +117,7 @@ impl LocalAddresses {
 ///
 /// ```
 /// use mptcp_policy::PmMode;
-/// use mptcp_socks_bins::{Host, LocalAddresses};
+/// use mptcp_socksd::{Host, LocalAddresses};
 ///
 /// let inventory = LocalAddresses::default();
 /// let host = Host::new(PmMode::InKernel).local_addresses(inventory.clone());

@@ -8,7 +8,7 @@
 //! # async fn daemon() -> anyhow::Result<()> {
 //! use mptcp_policy::PmMode;
 //! use mptcp_socks::{Connections, PolicyHandle, ServerConfig};
-//! use mptcp_socks_bins::{Api, Host, LocalAddresses, RuleStore, spawn_watcher};
+//! use mptcp_socksd::{Api, Host, LocalAddresses, RuleStore, spawn_watcher};
 //!
 //! let handle = PolicyHandle::new(Default::default());
 //! // Loads the file into the handle; a broken file is an error with its line number.

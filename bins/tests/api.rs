@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use mptcp_policy::{Destination, Flavour, KernelSupport, PmMode, Policy};
 use mptcp_socks::{Connections, PolicyHandle, ServerConfig};
-use mptcp_socks_bins::{
+use mptcp_socksd::{
     Api, Host, KernelProbe, LocalAddresses, LocalEndpoint, RuleStore, routes, serve_api,
     spawn_watcher,
 };

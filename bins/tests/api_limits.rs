@@ -17,7 +17,7 @@ use anyhow::{Context, ensure};
 use common::daemon::{ctl, start_in_proxy};
 use common::netns::{Ns, Topology};
 use mptcp_socks::PolicyHandle;
-use mptcp_socks_bins::{Api, ApiLimits, RuleStore};
+use mptcp_socksd::{Api, ApiLimits, RuleStore};
 use serde_json::Value;
 
 /// Small limits, so the tests see them act within a second or two.

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use common::daemon::{Daemon, curl};
 use mptcp_policy::Destination;
 use mptcp_socks::PolicyHandle;
-use mptcp_socks_bins::{RuleStore, spawn_watcher};
+use mptcp_socksd::{RuleStore, spawn_watcher};
 
 /// An owner nobody on a test host is.
 const STRANGER: u32 = 4242;

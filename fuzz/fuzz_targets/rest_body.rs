@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use mptcp_policy::{Flavour, KernelSupport, PmMode, Policy, Rule};
 use mptcp_socks::PolicyHandle;
-use mptcp_socks_bins::{Api, Host, KernelProbe, RuleStore, RuleView};
+use mptcp_socksd::{Api, Host, KernelProbe, RuleStore, RuleView};
 use serde_json::Value;
 use warp::http::StatusCode;
 

@@ -13,9 +13,7 @@ use anyhow::{Context, bail};
 use clap::{CommandFactory, FromArgMatches, Parser, parser::ValueSource};
 use mptcp_policy::{Flavour, KernelSupport, PmMode};
 use mptcp_socks::{Auth, Connections, PolicyHandle, ServerConfig};
-use mptcp_socks_bins::{
-    Api, Host, LocalAddresses, LocalEndpoint, RuleStore, pm_sysctl, spawn_watcher,
-};
+use mptcp_socksd::{Api, Host, LocalAddresses, LocalEndpoint, RuleStore, pm_sysctl, spawn_watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
@@ -23,7 +21,7 @@ use tracing_subscriber::EnvFilter;
 /// A SOCKS5 proxy that opens outbound connections as Multipath TCP or plain TCP, per
 /// destination, as the rule file says.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "mptcp-socksd", version)]
 struct Args {
     /// Address to listen on for SOCKS5 clients.
     #[arg(short = 'i', long = "listen", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
@@ -156,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(log_writer)
         .with_ansi(std::io::stderr().is_terminal())
-        .fmt_fields(mptcp_socks_bins::escaping_fields())
+        .fmt_fields(mptcp_socksd::escaping_fields())
         .init();
 
     for (flag, id) in [("-P/--password", "password"), ("--api-token", "api_token")] {
@@ -174,7 +172,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = &args.api_token_file {
         args.api_token = Some(secret_from(path)?);
     }
-    let fd_limit = match mptcp_socks_bins::raise_fd_limit() {
+    let fd_limit = match mptcp_socksd::raise_fd_limit() {
         Ok(limit) => {
             tracing::info!(limit, "file-descriptor limit");
             limit
@@ -237,7 +235,7 @@ async fn main() -> anyhow::Result<()> {
             Some(tokio::spawn(rest.serve(listener, stopped())))
         }
         ApiAddr::Unix(path) => {
-            let socket = mptcp_socks_bins::UnixApiSocket::bind(&path).with_context(|| {
+            let socket = mptcp_socksd::UnixApiSocket::bind(&path).with_context(|| {
                 format!("cannot listen for the REST API on unix:{}", path.display())
             })?;
             tracing::info!("REST API listening on unix:{}", path.display());
@@ -363,7 +361,7 @@ async fn keep_inventory(inventory: LocalAddresses) {
 
 /// A secret from a file, with a warning when the file is readable by others.
 fn secret_from(path: &std::path::Path) -> anyhow::Result<String> {
-    let (secret, warning) = mptcp_socks_bins::read_secret_file(path).map_err(anyhow::Error::msg)?;
+    let (secret, warning) = mptcp_socksd::read_secret_file(path).map_err(anyhow::Error::msg)?;
     if let Some(warning) = warning {
         tracing::warn!("{warning}");
     }

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mptcp_policy::{Access, PathManager, Scheduler};
-use mptcp_socks_bins::{Capabilities, ConnectionView, Health, RuleView, rule_path};
+use mptcp_socksd::{Capabilities, ConnectionView, Health, RuleView, rule_path};
 use serde_json::{Value, json};
 use ureq::http::StatusCode;
 
 /// Manage the per-destination MPTCP policy of a running mptcp-socksd.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "mptcpctl", version)]
 struct Cli {
     /// Base URL of the daemon's REST API, or unix:PATH for its Unix socket.
     #[arg(
@@ -807,7 +807,7 @@ mod tests {
 
     #[test]
     fn subflow_shares_add_up_per_connection() {
-        let subflow = |local: &str, sent: u64, received: u64| mptcp_socks_bins::SubflowView {
+        let subflow = |local: &str, sent: u64, received: u64| mptcp_socksd::SubflowView {
             local: local.parse().expect("addr"),
             remote: "192.0.2.1:443".parse().expect("addr"),
             bytes_acked: sent,
