@@ -37,6 +37,21 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// [`raise_fd_limit`], logged: the limit the daemon sizes its connection cap from (1024,
+/// the usual default, with a warning, when it cannot be raised).
+pub fn raise_and_log_fd_limit() -> u64 {
+    match raise_fd_limit() {
+        Ok(limit) => {
+            tracing::info!(limit, "file-descriptor limit");
+            limit
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise the file-descriptor limit: {e}");
+            1024
+        }
+    }
+}
+
 /// Secret files are one line; anything longer is not a password file.
 const SECRET_MAX: u64 = 4096;
 

@@ -34,6 +34,8 @@
 //! every rule change from its next connection on.
 
 mod api;
+mod cli;
+mod daemon;
 mod daemon_support;
 mod host;
 pub mod pm_sysctl;
@@ -45,7 +47,11 @@ pub use api::{
     LocalAddressView, RuleView, SubflowView, UnixApiSocket, routes, rule_location, rule_path,
     serve_api,
 };
-pub use daemon_support::{escape_controls, escaping_fields, raise_fd_limit, read_secret_file};
+pub use cli::{Args, Cli};
+pub use daemon::{ApiListen, Daemon, DaemonConfig, DaemonError, Listeners, run};
+pub use daemon_support::{
+    escape_controls, escaping_fields, raise_and_log_fd_limit, raise_fd_limit, read_secret_file,
+};
 pub use host::{Host, KernelProbe, LocalAddresses, LocalEndpoint, interface_name};
 pub use store::{ReloadError, Reloaded, RuleStore, StoreError};
 pub use watch::{WatchGuard, spawn_watcher};

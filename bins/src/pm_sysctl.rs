@@ -3,7 +3,7 @@
 //!
 //! `net.mptcp.path_manager` is per network namespace and outlives the process that set
 //! it. A daemon that switches it writes a marker, `/run/mptcp-socks/pm-<inode of
-//! /proc/self/ns/net>`, holding the previous value, and keeps an exclusive `flock` on it
+//! /proc/thread-self/ns/net>` (the calling thread's namespace, which in-process tests set per thread), holding the previous value, and keeps an exclusive `flock` on it
 //! while it runs. The kernel drops the lock when the process dies however it dies, so a
 //! marker whose lock anyone can take belongs to a dead daemon: [`recover_dead_daemon`]
 //! restores the recorded value. A namespace in userspace mode without a marker was set
@@ -45,7 +45,7 @@ fn valid_value(path: &Path, value: &str) -> bool {
 
 /// This network namespace's marker file.
 fn marker_path() -> io::Result<PathBuf> {
-    let ino = fs::metadata("/proc/self/ns/net")?.ino();
+    let ino = fs::metadata("/proc/thread-self/ns/net")?.ino();
     Ok(Path::new(MARKER_DIR).join(format!("pm-{ino}")))
 }
 

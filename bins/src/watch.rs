@@ -66,7 +66,10 @@ pub fn spawn_watcher(store: RuleStore) -> anyhow::Result<WatchGuard> {
     }
     let names: Vec<OsString> = watched.iter().map(|(_, name)| name.clone()).collect();
 
+    // The callback runs on the watcher's own thread: it logs where the caller logs.
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
     let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| {
+        let _logging = tracing::dispatcher::set_default(&dispatch);
         match result {
             Ok(events) => {
                 if events.iter().any(|event| is_rule_file(&event.path, &names)) {

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -53,12 +54,14 @@ fn bad_clients_get_their_error_and_the_daemon_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rules = dir.path().join("rules");
     std::fs::write(&rules, "127.0.0.1,0,default,default,access=allow,\n.\n").expect("write rules");
-    let mut cmd = daemon_bin();
-    cmd.args(["-i", "127.0.0.1", "-p", "0", "--api", "127.0.0.1:0"])
-        .args(["-u", USER.0, "-P", USER.1])
-        .arg("--policy")
-        .arg(&rules);
-    let daemon = Daemon::start(cmd, true).expect("daemon starts");
+    let daemon = Daemon::in_process(
+        ["-i", "127.0.0.1", "-p", "0", "--api", "127.0.0.1:0"]
+            .map(OsString::from)
+            .into_iter()
+            .chain(["-u", USER.0, "-P", USER.1].map(OsString::from))
+            .chain([OsString::from("--policy"), rules.clone().into()]),
+    )
+    .expect("daemon starts");
     let echo = echo_server();
     still_serves(&daemon, echo);
 
@@ -217,18 +220,21 @@ fn settings_that_cannot_take_effect_are_refused_or_reported() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let rules = dir.path().join("rules");
-    let mut cmd = daemon_bin();
-    cmd.args([
-        "-i",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--api",
-        "127.0.0.1:0",
-        "--policy",
-    ])
-    .arg(&rules);
-    let daemon = Daemon::start(cmd, true).expect("daemon starts");
+    let daemon = Daemon::in_process(
+        [
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--api",
+            "127.0.0.1:0",
+            "--policy",
+        ]
+        .map(OsString::from)
+        .into_iter()
+        .chain([rules.clone().into()]),
+    )
+    .expect("daemon starts");
     let post = |body: &str| {
         let mut cmd = Command::new("curl");
         cmd.args(["-X", "POST", "--json", body])
@@ -269,14 +275,19 @@ fn password_from_a_file_and_a_forged_log_line_stays_one_escaped_line() {
     std::fs::write(&rules, "127.0.0.1,0,default,default,access=allow,\n.\n").expect("rules");
     let secret = dir.path().join("password");
     std::fs::write(&secret, format!("{}\n", USER.1)).expect("password file");
-    let mut cmd = daemon_bin();
-    cmd.args(["-i", "127.0.0.1", "-p", "0", "--api", "off"])
-        .args(["-u", USER.0, "--password-file"])
-        .arg(&secret)
-        .arg("--policy")
-        .arg(&rules)
-        .env_remove("MPTCP_SOCKS_PASSWORD");
-    let daemon = Daemon::start(cmd, false).expect("daemon starts");
+    // (MPTCP_SOCKS_PASSWORD, if set, conflicts with --password-file: clap refuses both.)
+    let daemon = Daemon::in_process(
+        ["-i", "127.0.0.1", "-p", "0", "--api", "off"]
+            .map(OsString::from)
+            .into_iter()
+            .chain(["-u", USER.0, "--password-file"].map(OsString::from))
+            .chain([
+                secret.clone().into(),
+                "--policy".into(),
+                rules.clone().into(),
+            ]),
+    )
+    .expect("daemon starts");
     let echo = echo_server();
     still_serves(&daemon, echo);
     assert!(
@@ -308,12 +319,14 @@ fn password_from_a_file_and_a_forged_log_line_stays_one_escaped_line() {
 #[test]
 fn a_password_on_the_command_line_is_warned_about() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = daemon_bin();
-    cmd.args(["-i", "127.0.0.1", "-p", "0", "--api", "off"])
-        .args(["-u", USER.0, "-P", USER.1])
-        .arg("--policy")
-        .arg(dir.path().join("rules"));
-    let daemon = Daemon::start(cmd, false).expect("daemon starts");
+    let daemon = Daemon::in_process(
+        ["-i", "127.0.0.1", "-p", "0", "--api", "off"]
+            .map(OsString::from)
+            .into_iter()
+            .chain(["-u", USER.0, "-P", USER.1].map(OsString::from))
+            .chain([OsString::from("--policy"), dir.path().join("rules").into()]),
+    )
+    .expect("daemon starts");
     assert!(daemon.wait_for_log("/proc/PID/cmdline", Duration::from_secs(5)));
     assert!(daemon.log().contains("file-descriptor limit"));
 }

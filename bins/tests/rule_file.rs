@@ -54,18 +54,20 @@ fn can_chown(test: &str) -> bool {
 }
 
 fn daemon_with_api(policy: &Path) -> anyhow::Result<Daemon> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mptcp-socksd"));
-    cmd.args([
-        "-i",
-        "127.0.0.1",
-        "-p",
-        "0",
-        "--api",
-        "127.0.0.1:0",
-        "--policy",
-    ])
-    .arg(policy);
-    Daemon::start(cmd, true)
+    Daemon::in_process(
+        [
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--api",
+            "127.0.0.1:0",
+            "--policy",
+        ]
+        .map(std::ffi::OsString::from)
+        .into_iter()
+        .chain([policy.into()]),
+    )
 }
 
 /// Runs the daemon on `policy` expecting it to exit, within [`EXIT_WAIT`].

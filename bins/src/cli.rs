@@ -1,0 +1,320 @@
+//! The daemon's command line (microsocks-compatible flags plus ours), and how it becomes a
+//! [`DaemonConfig`]: secrets read from their files, a warning for a secret typed on the
+//! command line, the connection cap sized from the file-descriptor limit.
+//!
+//! `mptcp-socksd`'s `main` and the tests that run the daemon in-process both go through
+//! here, so a flag means the same wherever it is given.
+
+use std::ffi::OsString;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, parser::ValueSource};
+use mptcp_policy::PmMode;
+use mptcp_socks::{Auth, ServerConfig};
+
+use crate::daemon::{ApiListen, DaemonConfig, DaemonError};
+use crate::daemon_support::read_secret_file;
+
+/// A SOCKS5 proxy that opens outbound connections as Multipath TCP or plain TCP, per
+/// destination, as the rule file says.
+#[derive(Debug, Parser)]
+#[command(name = "mptcp-socksd", version)]
+pub struct Args {
+    /// Address to listen on for SOCKS5 clients.
+    #[arg(short = 'i', long = "listen", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    listen_ip: IpAddr,
+    /// Port to listen on for SOCKS5 clients (0: any free port).
+    #[arg(short = 'p', long, default_value_t = 1080)]
+    port: u16,
+    /// Username clients must authenticate with (needs a password: -P, --password-file or
+    /// MPTCP_SOCKS_PASSWORD).
+    #[arg(short = 'u', long, requires = "password_source")]
+    user: Option<String>,
+    /// Password clients must authenticate with (needs -u). On the command line every
+    /// local user can read it in /proc/PID/cmdline: prefer --password-file or the
+    /// environment.
+    #[arg(
+        short = 'P',
+        long,
+        requires = "user",
+        group = "password_source",
+        env = "MPTCP_SOCKS_PASSWORD",
+        hide_env_values = true
+    )]
+    password: Option<String>,
+    /// File whose first line is the password (needs -u).
+    #[arg(long, requires = "user", group = "password_source")]
+    password_file: Option<PathBuf>,
+    /// Auth once: a client IP that authenticated once may use the proxy without auth
+    /// afterwards (for browsers that cannot send a SOCKS password).
+    #[arg(short = '1', long = "auth-once", requires = "user")]
+    auth_once: bool,
+    /// Comma-separated client IPs that may use the proxy without authentication.
+    #[arg(short = 'w', long = "allow", value_delimiter = ',')]
+    allow: Vec<IpAddr>,
+    /// Local address to bind outbound connections to.
+    #[arg(short = 'b', long = "bind")]
+    bind: Option<IpAddr>,
+    /// Quiet: log errors only.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// The rule file (seed format; created on the first change through the API).
+    #[arg(long, default_value = "mptcp-socks.rules", env = "MPTCP_SOCKS_POLICY")]
+    policy: PathBuf,
+    /// Address of the REST API: ADDRESS:PORT, unix:PATH (a socket only this user can
+    /// reach), or "off".
+    #[arg(long, default_value = "127.0.0.1:5000", value_parser = parse_api)]
+    api: ApiListen,
+    /// Bearer token the REST API requires; mandatory when it listens beyond loopback.
+    /// On the command line every local user can read it: prefer --api-token-file or the
+    /// environment.
+    #[arg(
+        long,
+        env = "MPTCP_SOCKS_API_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "api_token_file"
+    )]
+    api_token: Option<String>,
+    /// File whose first line is the REST API's bearer token.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    /// Seconds a client may take for greeting, authentication and request.
+    #[arg(long, default_value_t = 10)]
+    handshake_timeout: u64,
+    /// Seconds allowed for each outbound connect attempt.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout: u64,
+    /// Who creates subflows: "kernel" (the in-kernel path manager, the same for every
+    /// connection) or "userspace" (this daemon, per connection as its rule says; needs
+    /// CAP_NET_ADMIN and switches the namespace to net.mptcp.path_manager=userspace
+    /// while it runs).
+    #[arg(long = "path-manager", default_value = "kernel", value_parser = parse_pm_mode)]
+    path_manager: PmMode,
+    /// Without -u/-P or -w, serve clients from any address, not only from loopback and
+    /// private, link-local and unique-local ranges.
+    #[arg(long)]
+    allow_public_clients: bool,
+    /// Client connections open at once, at most (default: sized from the file-descriptor
+    /// limit, two per relayed connection).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: Option<u64>,
+    /// Connections open at once from one client address (IPv6: one /64), at most.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_client_connections: u64,
+    /// Seconds a relayed connection may stay idle (nothing moving either way) before it
+    /// is closed; 0 keeps idle connections open.
+    #[arg(long, default_value_t = 3600)]
+    idle_timeout: u64,
+}
+
+fn parse_pm_mode(s: &str) -> Result<PmMode, String> {
+    match s {
+        "kernel" | "in-kernel" => Ok(PmMode::InKernel),
+        "userspace" => Ok(PmMode::Userspace),
+        _ => Err(format!(
+            "{s:?} is not a path-manager mode: kernel or userspace"
+        )),
+    }
+}
+
+fn parse_api(s: &str) -> Result<ApiListen, String> {
+    match s {
+        "off" | "none" | "" => Ok(ApiListen::Off),
+        _ if s.starts_with("unix:") => match &s["unix:".len()..] {
+            "" => Err("unix: needs a path, e.g. unix:/run/mptcp-socks/api.sock".to_owned()),
+            path => Ok(ApiListen::Unix(PathBuf::from(path))),
+        },
+        _ => s.parse().map(ApiListen::Tcp).map_err(|_| {
+            format!("{s:?} is not ADDRESS:PORT (e.g. 127.0.0.1:5000), unix:PATH or \"off\"")
+        }),
+    }
+}
+
+/// The parsed command line, with where each value came from (to warn about secrets typed
+/// on it).
+#[derive(Debug)]
+pub struct Cli {
+    args: Args,
+    /// The flags holding a secret that were given on the command line itself.
+    secrets_on_command_line: Vec<&'static str>,
+}
+
+impl Cli {
+    /// Parses the process's arguments; prints the usage and exits on a bad one (or on
+    /// `--help`, `--version`).
+    pub fn parse() -> Cli {
+        let matches = Args::command().get_matches();
+        Cli::from_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the first is the program name), as the daemon would.
+    ///
+    /// # Errors
+    /// A bad flag or value, with clap's message.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        Cli::from_matches(&Args::command().try_get_matches_from(args)?)
+    }
+
+    fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+        let secrets_on_command_line = [("-P/--password", "password"), ("--api-token", "api_token")]
+            .into_iter()
+            .filter(|(_, id)| matches.value_source(id) == Some(ValueSource::CommandLine))
+            .map(|(flag, _)| flag)
+            .collect();
+        Ok(Cli {
+            args: Args::from_arg_matches(matches)?,
+            secrets_on_command_line,
+        })
+    }
+
+    /// `-q`: log errors only.
+    pub fn quiet(&self) -> bool {
+        self.args.quiet
+    }
+
+    /// The daemon's configuration: secrets read from their files (a warning when a secret
+    /// was typed on the command line or its file is readable by others), and the
+    /// connection cap, unless given, sized from `fd_limit` descriptors.
+    ///
+    /// # Errors
+    /// A secret file that cannot be read or is not one line.
+    pub fn into_config(self, fd_limit: u64) -> Result<DaemonConfig, DaemonError> {
+        for flag in &self.secrets_on_command_line {
+            tracing::warn!(
+                "{flag} on the command line can be read by every local user in /proc/PID/cmdline; \
+                 use a file (--password-file, --api-token-file) or the environment \
+                 (MPTCP_SOCKS_PASSWORD, MPTCP_SOCKS_API_TOKEN)"
+            );
+        }
+        let mut args = self.args;
+        if let Some(path) = &args.password_file {
+            args.password = Some(secret_from(path)?);
+        }
+        if let Some(path) = &args.api_token_file {
+            args.api_token = Some(secret_from(path)?);
+        }
+        let auth = args
+            .user
+            .zip(args.password)
+            .map(|(user, password)| Auth::new(user, password));
+        let max_connections = args.max_connections.map_or_else(
+            || connections_for_fd_limit(fd_limit),
+            |n| usize::try_from(n).unwrap_or(usize::MAX),
+        );
+        Ok(DaemonConfig {
+            socks_listen: SocketAddr::new(args.listen_ip, args.port),
+            api: args.api,
+            // An empty token (say, an unset variable expanded in a unit file) is no token.
+            api_token: args.api_token.filter(|t| !t.is_empty()),
+            rule_file: args.policy,
+            path_manager: args.path_manager,
+            server: ServerConfig {
+                auth,
+                auth_once: args.auth_once,
+                allow_list: args.allow.into_iter().collect(),
+                allow_public_clients: args.allow_public_clients,
+                max_connections,
+                max_connections_per_client: usize::try_from(args.max_client_connections)
+                    .unwrap_or(usize::MAX),
+                idle_timeout: (args.idle_timeout > 0)
+                    .then(|| Duration::from_secs(args.idle_timeout)),
+                bind_addr: args.bind,
+                handshake_timeout: Duration::from_secs(args.handshake_timeout),
+                connect_timeout: Duration::from_secs(args.connect_timeout),
+                ..ServerConfig::default()
+            },
+        })
+    }
+}
+
+/// A secret from a file, with a warning when the file is readable by others.
+fn secret_from(path: &Path) -> Result<String, DaemonError> {
+    let (secret, warning) = read_secret_file(path).map_err(DaemonError::Secret)?;
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
+    Ok(secret)
+}
+
+/// File descriptors kept back from client connections: the listeners, the API's
+/// connections, the rule file and its watcher, netlink sockets, the log.
+const FD_RESERVE: u64 = 256;
+
+/// Client connections that fit in `fd_limit` descriptors: two per relayed connection.
+fn connections_for_fd_limit(fd_limit: u64) -> usize {
+    usize::try_from((fd_limit.saturating_sub(FD_RESERVE) / 2).max(16)).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> DaemonConfig {
+        let args = std::iter::once("mptcp-socksd").chain(args.iter().copied());
+        Cli::try_parse_from(args)
+            .expect("valid flags")
+            .into_config(4096)
+            .expect("config")
+    }
+
+    #[test]
+    fn flags_become_the_config() {
+        let c = config(&["-i", "127.0.0.1", "-p", "0", "--api", "unix:/tmp/x.sock"]);
+        assert_eq!(c.socks_listen, "127.0.0.1:0".parse().expect("addr"));
+        assert!(matches!(c.api, ApiListen::Unix(ref p) if p == Path::new("/tmp/x.sock")));
+        assert_eq!(c.server.max_connections, (4096 - 256) / 2);
+        let c = config(&[
+            "--max-connections",
+            "7",
+            "--idle-timeout",
+            "0",
+            "--api",
+            "off",
+        ]);
+        assert_eq!(c.server.max_connections, 7);
+        assert_eq!(c.server.idle_timeout, None);
+        assert!(matches!(c.api, ApiListen::Off));
+        for (flag, mode) in [
+            ("kernel", PmMode::InKernel),
+            ("in-kernel", PmMode::InKernel),
+            ("userspace", PmMode::Userspace),
+        ] {
+            assert_eq!(config(&["--path-manager", flag]).path_manager, mode);
+        }
+    }
+
+    #[test]
+    fn an_empty_token_is_no_token() {
+        assert_eq!(config(&["--api-token", ""]).api_token, None);
+        assert_eq!(
+            config(&["--api-token", "t"]).api_token.as_deref(),
+            Some("t")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_the_parser() {
+        for bad in [
+            &["--api", "5000"][..],
+            &["--api", "unix:"],
+            &["--path-manager", "fullmesh"],
+            &["--max-connections", "0"],
+            &["-P", "secret"],
+        ] {
+            let args = std::iter::once("mptcp-socksd").chain(bad.iter().copied());
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_cap_leaves_room_below_the_fd_limit() {
+        assert_eq!(connections_for_fd_limit(1024), 384);
+        assert_eq!(connections_for_fd_limit(100), 16);
+    }
+}

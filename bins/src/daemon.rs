@@ -1,0 +1,478 @@
+//! The daemon as a library: [`run`] composes the rule store and its watcher, the REST API,
+//! the endpoint inventory, the path manager and the SOCKS server until a shutdown future
+//! completes. `mptcp-socksd`'s `main` only parses flags ([`crate::Cli`]), starts tracing,
+//! binds ([`Listeners::bind`]) and calls it; tests do the same in-process, and learn the
+//! addresses from [`Listeners`] rather than from the log.
+//!
+//! ```no_run
+//! # async fn daemon() -> Result<(), mptcp_socksd::DaemonError> {
+//! use mptcp_socksd::{Cli, Listeners, run};
+//!
+//! let config = Cli::try_parse_from(["mptcp-socksd", "-p", "0", "--policy", "rules"])
+//!     .expect("valid flags")
+//!     .into_config(1024)?;
+//! let listeners = Listeners::bind(&config).await?;
+//! println!("SOCKS5 on {}", listeners.socks_addr());
+//! run(config, listeners, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mptcp_policy::{Flavour, KernelSupport, PmMode};
+use mptcp_socks::{Connections, PolicyHandle, ServerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{Api, UnixApiSocket};
+use crate::host::{Host, LocalAddresses, LocalEndpoint};
+use crate::pm_sysctl;
+use crate::store::{RuleStore, StoreError};
+use crate::watch::{WatchGuard, spawn_watcher};
+
+/// Where the REST API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiListen {
+    /// No API.
+    Off,
+    /// TCP; beyond loopback only with a token.
+    Tcp(SocketAddr),
+    /// A Unix socket only this user can reach (mode 0600).
+    Unix(PathBuf),
+}
+
+/// Everything the daemon is told at start.
+#[derive(Clone)]
+pub struct DaemonConfig {
+    /// Where SOCKS5 clients connect.
+    pub socks_listen: SocketAddr,
+    /// Where the REST API listens.
+    pub api: ApiListen,
+    /// The bearer token the API requires; mandatory for a TCP API beyond loopback.
+    pub api_token: Option<String>,
+    /// The rule file (seed format; created on the first change through the API).
+    pub rule_file: PathBuf,
+    /// Who creates subflows: the kernel, or this daemon per connection.
+    pub path_manager: PmMode,
+    /// How the SOCKS server treats clients and opens outbound connections. The API's TCP
+    /// address is added to its `never_connect` by [`run`].
+    pub server: ServerConfig,
+}
+
+// The token must never end up in a log line (the password is redacted by `Auth`).
+impl fmt::Debug for DaemonConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DaemonConfig")
+            .field("socks_listen", &self.socks_listen)
+            .field("api", &self.api)
+            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
+            .field("rule_file", &self.rule_file)
+            .field("path_manager", &self.path_manager)
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// Why the daemon could not start (or, for [`DaemonError::Server`], stopped).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// A secret file could not be used.
+    #[error("{0}")]
+    Secret(String),
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {addr}")]
+    Bind {
+        /// `SOCKS5 clients` or `the REST API`.
+        what: &'static str,
+        /// The address, as given.
+        addr: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A TCP API beyond loopback without a token.
+    #[error(
+        "the REST API on {0} would be reachable from the network: set a token with \
+         --api-token or MPTCP_SOCKS_API_TOKEN, or listen on 127.0.0.1"
+    )]
+    ApiWithoutToken(SocketAddr),
+    /// The rule file could not be loaded (its message names the line).
+    #[error("cannot load the rule file {}", path.display())]
+    RuleFile {
+        /// The rule file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: StoreError,
+    },
+    /// The rule file's directory could not be watched.
+    #[error("cannot watch the rule file {}", path.display())]
+    Watch {
+        /// The rule file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The namespace could not be switched to the userspace path manager.
+    #[error(transparent)]
+    PathManagerSysctl(#[from] pm_sysctl::PmSysctlError),
+    /// The userspace path manager could not start.
+    #[error("{0}")]
+    PathManager(String),
+    /// The SOCKS server could not run.
+    #[error("the SOCKS5 server failed")]
+    Server(#[source] io::Error),
+}
+
+/// The bound sockets the daemon serves: bound before [`run`], so the caller knows the
+/// addresses (port 0 picks a free one) and a bind failure is reported before anything
+/// else starts.
+#[derive(Debug)]
+pub struct Listeners {
+    socks: TcpListener,
+    api: Option<ApiListener>,
+}
+
+#[derive(Debug)]
+enum ApiListener {
+    Tcp(TcpListener),
+    Unix(UnixApiSocket),
+}
+
+impl Listeners {
+    /// Binds the SOCKS listener and the API's, as `config` says.
+    ///
+    /// # Errors
+    /// A TCP API beyond loopback without a token (checked first, so nothing is bound),
+    /// or an address that cannot be bound.
+    pub async fn bind(config: &DaemonConfig) -> Result<Listeners, DaemonError> {
+        if let ApiListen::Tcp(addr) = &config.api
+            && !addr.ip().is_loopback()
+            && config.api_token.is_none()
+        {
+            return Err(DaemonError::ApiWithoutToken(*addr));
+        }
+        let api = match &config.api {
+            ApiListen::Off => None,
+            ApiListen::Tcp(addr) => {
+                Some(ApiListener::Tcp(TcpListener::bind(addr).await.map_err(
+                    |source| bind_error("the REST API", addr, source),
+                )?))
+            }
+            ApiListen::Unix(path) => Some(ApiListener::Unix(UnixApiSocket::bind(path).map_err(
+                |source| bind_error("the REST API", &format!("unix:{}", path.display()), source),
+            )?)),
+        };
+        let socks = TcpListener::bind(config.socks_listen)
+            .await
+            .map_err(|source| bind_error("SOCKS5 clients", &config.socks_listen, source))?;
+        Ok(Listeners { socks, api })
+    }
+
+    /// Where SOCKS5 clients connect.
+    ///
+    /// # Panics
+    /// Never for a bound listener (the kernel knows its address).
+    pub fn socks_addr(&self) -> SocketAddr {
+        self.socks
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Where the REST API listens, if on TCP.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        match &self.api {
+            Some(ApiListener::Tcp(listener)) => listener.local_addr().ok(),
+            _ => None,
+        }
+    }
+}
+
+fn bind_error(what: &'static str, addr: &dyn fmt::Display, source: io::Error) -> DaemonError {
+    DaemonError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    }
+}
+
+/// How often the endpoint inventory is re-read from the kernel.
+const INVENTORY_REFRESH: Duration = Duration::from_secs(5);
+
+/// Runs the daemon on `listeners` until `shutdown` completes: [`Daemon::start`], then
+/// [`Daemon::serve`].
+///
+/// # Errors
+/// Start-up failures (rule file, watcher, path manager); the SOCKS server's own failure.
+pub async fn run(
+    config: DaemonConfig,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    Daemon::start(config, listeners)
+        .await?
+        .serve(shutdown)
+        .await
+}
+
+/// A daemon that has started: rule file loaded and watched, REST API answering, endpoint
+/// inventory kept, path manager running (with the namespace's sysctl switched for as
+/// long as this lives). SOCKS5 clients are served, once [`Daemon::serve`] is called.
+#[derive(Debug)]
+pub struct Daemon {
+    socks: TcpListener,
+    server: ServerConfig,
+    policy: PolicyHandle,
+    store: RuleStore,
+    /// Told `true` when the daemon stops; the API, the inventory and the path manager
+    /// watch it.
+    stop: watch::Sender<bool>,
+    api_task: Option<tokio::task::JoinHandle<()>>,
+    /// Dropped last: the watcher of the rule file, and the sysctl switch, which restores
+    /// the namespace's path manager.
+    _watch: WatchGuard,
+    _userspace_pm: Option<pm_sysctl::UserspacePm>,
+}
+
+impl Daemon {
+    /// Starts everything but the SOCKS server, on `listeners`, and returns once it runs.
+    ///
+    /// # Errors
+    /// The rule file cannot be loaded (the message names the line) or watched; the
+    /// userspace path manager cannot start (no CAP_NET_ADMIN, no MPTCP).
+    pub async fn start(config: DaemonConfig, listeners: Listeners) -> Result<Daemon, DaemonError> {
+        log_kernel_support(&KernelSupport::probe());
+
+        let policy = PolicyHandle::new(Default::default());
+        let store = RuleStore::open(&config.rule_file, policy.clone()).map_err(|source| {
+            DaemonError::RuleFile {
+                path: config.rule_file.clone(),
+                source,
+            }
+        })?;
+        let watch = spawn_watcher(store.clone()).map_err(|source| DaemonError::Watch {
+            path: config.rule_file.clone(),
+            source: source.into(),
+        })?;
+
+        let (stop, _) = watch::channel(false);
+        let stopped = || {
+            let mut rx = stop.subscribe();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+
+        // Shared with the API: the SOCKS server registers its connections here, and the
+        // inventory is what `ip mptcp endpoint` lists.
+        let connections = Connections::default();
+        let inventory = LocalAddresses::default();
+        let mut server = ServerConfig {
+            connections: connections.clone(),
+            ..config.server
+        };
+        let rest = Api::new(store.clone())
+            .token(config.api_token)
+            .host(Host::new(config.path_manager).local_addresses(inventory.clone()))
+            .connections(connections.clone());
+        let Listeners { socks, api } = listeners;
+        let api_task = match api {
+            Some(ApiListener::Tcp(listener)) => {
+                if let Ok(bound) = listener.local_addr() {
+                    // The REST API is never reachable through the proxy, whatever the rules
+                    // say.
+                    server.never_connect.push(bound);
+                    tracing::info!("REST API listening on http://{bound}");
+                }
+                Some(tokio::spawn(rest.serve(listener, stopped())))
+            }
+            Some(ApiListener::Unix(socket)) => {
+                tracing::info!("REST API listening on unix:{}", socket.path().display());
+                Some(tokio::spawn(rest.serve_unix(socket, stopped())))
+            }
+            None => None,
+        };
+
+        log_client_policy(&server);
+        tracing::info!(
+            max_connections = server.max_connections,
+            max_client_connections = server.max_connections_per_client,
+            idle_timeout_seconds = server.idle_timeout.map_or(0, |t| t.as_secs()),
+            "connection limits"
+        );
+
+        tokio::spawn(keep_inventory(inventory, stopped()));
+        // A daemon killed in userspace mode left the namespace switched: put it back first.
+        pm_sysctl::recover_dead_daemon();
+        let userspace_pm = match config.path_manager {
+            PmMode::Userspace => {
+                let restore = pm_sysctl::UserspacePm::switch()?;
+                let pm = tokio::spawn(mptcp_socks::run_userspace_pm(connections, stopped()));
+                // Fail at start, with the reason, rather than run without subflows.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if pm.is_finished() {
+                    drop(restore);
+                    return Err(DaemonError::PathManager(match pm.await {
+                        Ok(Err(e)) if e.is_permission_denied() => format!(
+                            "--path-manager userspace needs CAP_NET_ADMIN for the mptcp_pm \
+                             netlink family: {e}"
+                        ),
+                        Ok(Err(e)) => format!("cannot start the userspace path manager: {e}"),
+                        _ => "the userspace path manager stopped at once".to_owned(),
+                    }));
+                }
+                restore
+            }
+            _ => {
+                pm_sysctl::warn_if_userspace();
+                None
+            }
+        };
+        Ok(Daemon {
+            socks,
+            server,
+            policy,
+            store,
+            stop,
+            api_task,
+            _watch: watch,
+            _userspace_pm: userspace_pm,
+        })
+    }
+
+    /// The rule store: the policy in force and its file.
+    pub fn store(&self) -> &RuleStore {
+        &self.store
+    }
+
+    /// The live relayed connections, as the API lists them.
+    pub fn connections(&self) -> &Connections {
+        &self.server.connections
+    }
+
+    /// Serves SOCKS5 clients until `shutdown` completes, then stops the rest and lets the
+    /// connections in flight finish (within the server's grace period).
+    ///
+    /// # Errors
+    /// The SOCKS server's own failure (its name resolver cannot be set up).
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DaemonError> {
+        let Daemon {
+            socks,
+            server,
+            policy,
+            stop,
+            api_task,
+            ..
+        } = self;
+        let mut stopped = stop.subscribe();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop.send(true);
+        });
+        let served = mptcp_socks::serve(socks, server, policy, async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
+        .await;
+        served.map_err(DaemonError::Server)?;
+        if let Some(task) = api_task {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}
+
+/// Keeps the local address inventory in step with the kernel's endpoint list
+/// (`ip mptcp endpoint`), which the API shows and both path managers use.
+async fn keep_inventory(inventory: LocalAddresses, shutdown: impl Future<Output = ()>) {
+    let client = match mptcp_netlink::PmClient::connect().await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::debug!("no endpoint inventory: {e}");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(INVENTORY_REFRESH);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = tick.tick() => {}
+        }
+        match client.endpoints().await {
+            Ok(endpoints) => inventory.set(
+                endpoints
+                    .iter()
+                    .map(|e| LocalEndpoint {
+                        id: e.id,
+                        addr: e.addr,
+                        flags: e
+                            .flags
+                            .to_string()
+                            .split(',')
+                            .filter(|f| !f.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                        ifindex: e.ifindex.and_then(|i| u32::try_from(i).ok()),
+                    })
+                    .collect(),
+            ),
+            Err(e) => tracing::debug!("cannot read the endpoint list: {e}"),
+        }
+    }
+}
+
+/// Says at start who may use the proxy.
+fn log_client_policy(server: &ServerConfig) {
+    let allow = &server.allow_list;
+    match (
+        server.auth.is_some(),
+        allow.is_empty(),
+        server.allow_public_clients,
+    ) {
+        (true, _, _) => tracing::info!("clients must authenticate (-u/-P)"),
+        (false, false, _) => tracing::info!(
+            clients = %allow.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            "only the clients given with -w may use the proxy"
+        ),
+        (false, true, false) => tracing::info!(
+            "no authentication: only clients from loopback and private, link-local and \
+             unique-local networks may use the proxy (--allow-public-clients opens it to all)"
+        ),
+        (false, true, true) => tracing::warn!(
+            "no authentication and --allow-public-clients: anyone who can reach the listener \
+             may use this proxy"
+        ),
+    }
+}
+
+fn log_kernel_support(kernel: &KernelSupport) {
+    match (kernel.flavour, kernel.enabled) {
+        (Flavour::Upstream, true) => tracing::info!(
+            path_manager = kernel.path_manager.as_deref().unwrap_or("?"),
+            schedulers = %kernel.available_schedulers.join(" "),
+            "kernel has upstream MPTCP"
+        ),
+        (Flavour::Legacy, true) => {
+            tracing::info!("kernel has the legacy multipath-tcp.org MPTCP: per-socket options")
+        }
+        (Flavour::Upstream | Flavour::Legacy, false) => tracing::warn!(
+            "MPTCP is disabled in this network namespace: every connection will be plain TCP \
+             (enable it with: sysctl -w net.mptcp.enabled=1)"
+        ),
+        _ => tracing::warn!(
+            "this kernel has no MPTCP: every connection will be plain TCP (Linux 5.6+ with \
+             CONFIG_MPTCP has it)"
+        ),
+    }
+}
