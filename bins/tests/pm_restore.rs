@@ -23,7 +23,9 @@ struct Netns(String);
 
 impl Netns {
     fn new() -> anyhow::Result<Self> {
-        let name = format!("mptcp-pmtest-{}", std::process::id());
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("mptcp-pmtest-{}-{n}", std::process::id());
         let out = Command::new("ip").args(["netns", "add", &name]).output()?;
         ensure!(
             out.status.success(),
@@ -176,5 +178,53 @@ fn a_killed_userspace_daemon_is_cleaned_up_by_the_next_one() -> anyhow::Result<(
         thread::sleep(Duration::from_millis(50));
     }
     drop(second);
+    Ok(())
+}
+
+/// The daemon run in-process on threads inside a namespace: `Daemon::start` returns once
+/// the namespace runs the userspace path manager (the switch is a guard of the running
+/// daemon, keyed by the thread's namespace, not the process's), and stopping it puts the
+/// sysctl back. The host's own namespace is never touched.
+#[test]
+fn an_in_process_daemon_switches_its_threads_namespace_and_restores_it_on_stop()
+-> anyhow::Result<()> {
+    if !require_netns() {
+        return Ok(());
+    }
+    let host_before = fs::read_to_string("/proc/sys/net/mptcp/path_manager")?;
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules");
+    fs::write(&rules, "")?;
+    let ns = Netns::new()?;
+    let daemon = common::daemon::Daemon::in_process_in(
+        Some(&ns.0),
+        [
+            "--path-manager",
+            "userspace",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--api",
+            "off",
+            "--policy",
+        ]
+        .map(std::ffi::OsString::from)
+        .into_iter()
+        .chain([rules.into_os_string()]),
+    )?;
+    // No waiting: start returned, so the switch has happened.
+    ensure!(ns.path_manager()? == "userspace", "not switched at start");
+    ensure!(
+        Path::new(&ns.marker()?).exists(),
+        "no marker for the namespace"
+    );
+    ensure!(
+        fs::read_to_string("/proc/sys/net/mptcp/path_manager")? == host_before,
+        "the host's namespace was switched"
+    );
+    daemon.stop()?;
+    ensure!(ns.path_manager()? == "kernel", "not restored on stop");
+    ensure!(!Path::new(&ns.marker()?).exists(), "marker left after stop");
     Ok(())
 }
