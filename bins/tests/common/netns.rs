@@ -80,10 +80,6 @@ const TBF_LATENCY: &str = "20ms";
 /// How long [`Topology::new`] waits for another test's topology before giving up.
 pub const SERIAL_WAIT: Duration = Duration::from_secs(300);
 
-/// `SOL_MPTCP` / `MPTCP_INFO` (linux/mptcp.h); libc only has `IPPROTO_MPTCP`.
-const SOL_MPTCP: libc::c_int = 284;
-const MPTCP_INFO: libc::c_int = 1;
-
 /// The three namespaces of a topology.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ns {
@@ -792,41 +788,6 @@ impl PathCounters {
     }
 }
 
-/// `struct mptcp_info` from linux/mptcp.h as of 6.18 (96 bytes). Older kernels return a
-/// prefix of it (the kernel copies `min(optlen, its size)` and reports the length), so
-/// fields past the returned length must be treated as absent.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, Default)]
-struct RawMptcpInfo {
-    mptcpi_subflows: u8,
-    mptcpi_add_addr_signal: u8,
-    mptcpi_add_addr_accepted: u8,
-    mptcpi_subflows_max: u8,
-    mptcpi_add_addr_signal_max: u8,
-    mptcpi_add_addr_accepted_max: u8,
-    mptcpi_flags: u32,
-    mptcpi_token: u32,
-    mptcpi_write_seq: u64,
-    mptcpi_snd_una: u64,
-    mptcpi_rcv_nxt: u64,
-    mptcpi_local_addr_used: u8,
-    mptcpi_local_addr_max: u8,
-    mptcpi_csum_enabled: u8,
-    mptcpi_retransmits: u32,
-    mptcpi_bytes_retrans: u64,
-    mptcpi_bytes_sent: u64,
-    mptcpi_bytes_received: u64,
-    mptcpi_bytes_acked: u64,
-    mptcpi_subflows_total: u8,
-    reserved: [u8; 3],
-    mptcpi_last_data_sent: u32,
-    mptcpi_last_data_recv: u32,
-    mptcpi_last_ack_recv: u32,
-}
-
-const _: () = assert!(size_of::<RawMptcpInfo>() == 96);
-const SUBFLOWS_TOTAL_END: usize = std::mem::offset_of!(RawMptcpInfo, mptcpi_subflows_total) + 1;
-
 /// What [`mptcp_subflows`] read from a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SubflowCount {
@@ -842,34 +803,9 @@ pub struct SubflowCount {
 /// # Errors
 /// Any other getsockopt failure.
 pub fn mptcp_subflows(sock: &impl AsFd) -> io::Result<Option<SubflowCount>> {
-    let mut info = RawMptcpInfo::default();
-    let mut len = size_of::<RawMptcpInfo>() as libc::socklen_t;
-    // SAFETY: `info` is a writable, properly aligned buffer of `len` bytes and the
-    // kernel writes at most `len` bytes into it.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_fd().as_raw_fd(),
-            SOL_MPTCP,
-            MPTCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        let err = io::Error::last_os_error();
-        return match err.raw_os_error() {
-            Some(libc::EOPNOTSUPP | libc::ENOPROTOOPT) => Ok(None),
-            _ => Err(err),
-        };
-    }
-    let total = if len as usize >= SUBFLOWS_TOTAL_END && info.mptcpi_subflows_total > 0 {
-        info.mptcpi_subflows_total
-    } else {
-        info.mptcpi_subflows.saturating_add(1)
-    };
-    Ok(Some(SubflowCount {
-        total,
-        token: info.mptcpi_token,
+    Ok(mptcp_policy::mptcp_info(sock)?.map(|info| SubflowCount {
+        total: info.subflow_count(),
+        token: info.token,
     }))
 }
 
