@@ -303,22 +303,22 @@ impl RuleStore {
             limits,
         };
         let resolved = inner.resolve()?;
-        let (loaded, text) = match inner.read_policy(&resolved, true)? {
-            Some((Ok(loaded), text)) => (loaded, text),
+        let loaded = match inner.read_policy(&resolved, true)? {
+            Some((Ok(loaded), _)) => loaded,
             Some((Err(source), _)) => {
                 return Err(StoreError::Parse {
                     path: inner.path,
                     source,
                 });
             }
-            None => (Policy::default(), String::new()),
+            None => Policy::default(),
         };
         tracing::info!(
             path = %inner.path.display(),
             rules = loaded.rules().len(),
             "loaded rule file"
         );
-        warn_unavailable(&inner.path, &text, &inner.kernel.get());
+        warn_unavailable(&inner.path, &loaded, &inner.kernel.get());
         inner.policy.store(loaded);
         Ok(RuleStore {
             inner: Arc::new(inner),
@@ -448,13 +448,13 @@ impl Inner {
         // Not remembered as loaded: a broken edit found here must still be reported by
         // the reload its change triggers.
         let mut next = match self.read_policy(&resolved, false)? {
-            Some((Ok(on_disk), text)) => {
+            Some((Ok(on_disk), _)) => {
                 if on_disk != *in_force {
                     tracing::info!(
                         path = %self.path.display(),
                         "rule file was edited by hand; applying the change on top of the edit"
                     );
-                    warn_unavailable(&self.path, &text, &self.kernel.get());
+                    warn_unavailable(&self.path, &on_disk, &self.kernel.get());
                 }
                 on_disk
             }
@@ -517,14 +517,14 @@ impl Inner {
         {
             return Ok(Reloaded::Unchanged);
         }
-        let (outcome, text) = match self.read_policy(&resolved, true) {
+        let outcome = match self.read_policy(&resolved, true) {
             // An editor writing in place truncates first: a zero-byte file is a write
             // in progress, not "no rules" (the writer always ends a file with '.').
             Ok(Some((_, text))) if text.is_empty() => {
                 tracing::debug!(path = %self.path.display(), "rule file is empty; waiting for its content");
                 return Ok(Reloaded::Unchanged);
             }
-            Ok(Some((Ok(on_disk), text))) => (on_disk, text),
+            Ok(Some((Ok(on_disk), _))) => on_disk,
             Ok(Some((Err(source), _))) => {
                 let err = StoreError::Parse {
                     path: self.path.clone(),
@@ -552,7 +552,7 @@ impl Inner {
         let rules = outcome.rules().len();
         self.policy.store(outcome);
         tracing::info!(path = %self.path.display(), rules, "reloaded rule file");
-        warn_unavailable(&self.path, &text, &self.kernel.get());
+        warn_unavailable(&self.path, &self.policy.load(), &self.kernel.get());
         Ok(Reloaded::Changed { rules })
     }
 
@@ -694,32 +694,31 @@ fn position(bytes: &[u8], offset: usize) -> (usize, usize) {
 /// What [`Inner::read_policy`] found: the parse result and the text it came from.
 type OnDisk = (Result<Policy, mptcp_policy::Error>, String);
 
-/// The rules of `text` (a file that parsed) that `kernel` cannot carry out, with their
-/// 1-based line numbers: those the REST API would refuse.
-pub(crate) fn refused_lines(text: &str, kernel: &KernelSupport) -> Vec<(usize, Rule, Limitation)> {
+/// The rules of `policy` (as read from the file) that `kernel` cannot carry out, with
+/// their 1-based line numbers: those the REST API would refuse.
+pub(crate) fn refused_lines<'a>(
+    policy: &'a Policy,
+    kernel: &KernelSupport,
+) -> Vec<(usize, &'a Rule, Limitation)> {
     let mut found = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        // The same line syntax as `Policy::parse`: comments, blank lines, the final '.'.
-        let content = raw.split_once('#').map_or(raw, |(before, _)| before).trim();
-        if content.is_empty() || content == "." {
-            continue;
-        }
-        let Ok(rule) = content.parse::<Rule>() else {
-            continue;
-        };
+    // Every rule of a policy read from a file has its line; one given at run time is in
+    // no file, so there is no line to point at.
+    for (rule, line) in policy.rules_with_lines() {
+        let Some(line) = line else { continue };
         // Refusals do not depend on the path-manager mode.
         for limitation in limitations(&rule.settings, kernel, PmMode::InKernel) {
             if limitation.is_refusal() {
-                found.push((i + 1, rule.clone(), limitation));
+                found.push((line, rule, limitation));
             }
         }
     }
     found
 }
 
-/// Warns once per line of `text` that asks for what `kernel` does not have.
-fn warn_unavailable(path: &Path, text: &str, kernel: &KernelSupport) {
-    for (line, rule, limitation) in refused_lines(text, kernel) {
+/// Warns once per rule of `policy` (as read from the file) that asks for what `kernel`
+/// does not have.
+fn warn_unavailable(path: &Path, policy: &Policy, kernel: &KernelSupport) {
+    for (line, rule, limitation) in refused_lines(policy, kernel) {
         tracing::warn!(
             path = %path.display(),
             line,
@@ -1210,6 +1209,36 @@ mod tests {
         );
         assert!(!recorded.message.contains('\x1b'), "{}", recorded.message);
         assert_eq!(store.policy().len(), 1);
+    }
+
+    #[test]
+    fn refusals_name_the_line_the_operator_wrote() {
+        let mut kernel = KernelSupport::probe();
+        kernel.flavour = mptcp_policy::Flavour::Upstream;
+        kernel.enabled = true;
+        kernel.available_schedulers = vec!["default".into()];
+        let mut policy = Policy::parse(
+            "# for the legacy box\n\
+             192.0.2.1,1,default,binder,\n\
+             \n\
+             192.0.2.2,1,default,default,\n\
+             192.0.2.3,1,redundant,default, # a comment\n\
+             .\n",
+        )
+        .expect("parses");
+        let found = |policy: &Policy| -> Vec<(usize, String)> {
+            refused_lines(policy, &kernel)
+                .into_iter()
+                .map(|(line, rule, _)| (line, rule.destination.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            found(&policy),
+            [(2, "192.0.2.1".into()), (5, "192.0.2.3".into())]
+        );
+        // A rule given at run time is in no file: no line to name.
+        policy.upsert(rule("192.0.2.4,1,default,binder,"));
+        assert_eq!(found(&policy).len(), 2);
     }
 
     #[tokio::test]

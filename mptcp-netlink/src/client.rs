@@ -1,22 +1,18 @@
 use std::net::{IpAddr, SocketAddr};
 
 use neli::{
-    consts::{
-        nl::{NlmF, Nlmsg, NlmsgerrAttr},
-        socket::NlFamily,
-    },
-    err::{Nlmsgerr, RouterError},
+    consts::nl::{NlmF, Nlmsg, NlmsgerrAttr},
+    err::Nlmsgerr,
     genl::{Genlmsghdr, GenlmsghdrBuilder},
     nl::{NlPayload, NlmsghdrBuilder},
-    router::asynchronous::NlRouter,
     socket::asynchronous::NlSocketHandle,
     types::{Buffer, GenlBuffer},
-    utils::Groups,
 };
 use tokio::sync::Mutex;
 
 use crate::attrs::*;
 use crate::error::{Error, Result};
+use crate::family::{open_router, open_socket, resolve_family, socket_error};
 use crate::types::{Endpoint, EndpointFlags, EndpointInfo, Limits};
 use crate::uapi::*;
 
@@ -44,35 +40,6 @@ impl std::fmt::Debug for PmClient {
         f.debug_struct("PmClient")
             .field("family", &self.family)
             .finish_non_exhaustive()
-    }
-}
-
-pub(crate) async fn open_router() -> Result<NlRouter> {
-    let (router, _multicast) = NlRouter::connect(NlFamily::Generic, None, Groups::empty())
-        .await
-        .map_err(|e| router_error("connect", e))?;
-    Ok(router)
-}
-
-pub(crate) async fn resolve_family(router: &NlRouter) -> Result<u16> {
-    router
-        .resolve_genl_family(MPTCP_PM_NAME)
-        .await
-        .map_err(|e| Error::FamilyNotFound(e.to_string()))
-}
-
-pub(crate) async fn resolve_group(router: &NlRouter) -> Result<u32> {
-    router
-        .resolve_nl_mcast_group(MPTCP_PM_NAME, MPTCP_PM_EV_GRP_NAME)
-        .await
-        .map_err(|e| Error::GroupNotFound(e.to_string()))
-}
-
-/// Convert neli's router error (used only for the family lookup).
-fn router_error<P: std::fmt::Debug>(command: &'static str, e: RouterError<u16, P>) -> Error {
-    match e {
-        RouterError::Socket(s) => crate::events::socket_error(s),
-        other => Error::Netlink(format!("{command}: {other}")),
     }
 }
 
@@ -106,8 +73,7 @@ impl PmClient {
     /// socket cannot be opened.
     pub async fn connect() -> Result<Self> {
         let family = resolve_family(&open_router().await?).await?;
-        let socket = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty())
-            .map_err(crate::events::socket_error)?;
+        let socket = open_socket()?;
         // Extended acks carry the kernel's reason ("missing local addr id" and the
         // like), which turns an EINVAL into something an operator can act on.
         if let Err(e) = socket.enable_ext_ack(true) {
@@ -149,10 +115,7 @@ impl PmClient {
             .nl_payload(NlPayload::Payload(genl))
             .build()
             .map_err(build_err)?;
-        self.socket
-            .send(&msg)
-            .await
-            .map_err(crate::events::socket_error)?;
+        self.socket.send(&msg).await.map_err(socket_error)?;
         let dump = flags.contains(NlmF::DUMP);
         let mut out = Vec::new();
         loop {
@@ -160,7 +123,7 @@ impl PmClient {
                 .socket
                 .recv::<u16, Genl>()
                 .await
-                .map_err(crate::events::socket_error)?;
+                .map_err(socket_error)?;
             for reply in iter {
                 let reply = reply.map_err(|e| Error::Netlink(format!("{command}: {e}")))?;
                 // Stale replies of an earlier request that was cancelled mid-way.

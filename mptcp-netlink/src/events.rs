@@ -1,14 +1,11 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
-use neli::{
-    consts::socket::NlFamily, err::SocketError, genl::Genlmsghdr, nl::NlPayload,
-    socket::asynchronous::NlSocketHandle, utils::Groups,
-};
+use neli::{genl::Genlmsghdr, nl::NlPayload, socket::asynchronous::NlSocketHandle, utils::Groups};
 
 use crate::attrs::*;
-use crate::client::{open_router, resolve_family, resolve_group};
-use crate::error::{ENOBUFS, Error, Result};
+use crate::error::{Error, Result};
+use crate::family::{open_router, open_socket, resolve_family, resolve_group, socket_error};
 use crate::uapi::*;
 
 /// A connection-level event (`CREATED`, `ESTABLISHED`).
@@ -310,8 +307,7 @@ impl PmEvents {
             let family = resolve_family(&router).await?;
             (family, resolve_group(&router).await?)
         };
-        let socket = NlSocketHandle::connect(NlFamily::Generic, None, Groups::empty())
-            .map_err(socket_error)?;
+        let socket = open_socket()?;
         socket
             .add_mcast_membership(Groups::new_groups(&[group]))
             .map_err(socket_error)?;
@@ -376,18 +372,6 @@ impl PmEvents {
                 }
             }
         }
-    }
-}
-
-/// Map neli's socket errors, keeping ENOBUFS distinct because the caller can recover.
-pub(crate) fn socket_error(e: SocketError) -> Error {
-    match e {
-        SocketError::Io(io) => match io.raw_os_error() {
-            Some(ENOBUFS) => Error::EventsLost,
-            Some(code) => Error::Io(std::io::Error::from_raw_os_error(code)),
-            None => Error::Io(std::io::Error::new(io.kind(), io.to_string())),
-        },
-        other => Error::Netlink(other.to_string()),
     }
 }
 

@@ -55,6 +55,7 @@ mod attrs;
 mod client;
 mod error;
 mod events;
+mod family;
 mod types;
 pub mod uapi;
 

@@ -7,35 +7,26 @@
 
 use std::fmt;
 
+use crate::error::Field;
 use crate::kernel::{Flavour, KernelSupport};
+use crate::keyword::keyword_enum;
 use crate::rule::{PathManager, Scheduler, Settings};
 
-/// How the daemon manages subflows on an upstream kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum PmMode {
-    /// The kernel's own path manager, driven by `ip mptcp endpoint`: the same for every
-    /// connection in the namespace.
-    #[default]
-    InKernel,
-    /// The daemon creates subflows per connection over the `mptcp_pm` netlink family
-    /// (`net.mptcp.path_manager=userspace`).
-    Userspace,
-}
-
-impl PmMode {
-    /// `"in-kernel"` or `"userspace"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PmMode::InKernel => "in-kernel",
-            PmMode::Userspace => "userspace",
-        }
-    }
-}
-
-impl fmt::Display for PmMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+keyword_enum! {
+    /// How the daemon manages subflows on an upstream kernel.
+    ///
+    /// Printed `in-kernel` (the REST API shows it); `kernel`, as in
+    /// `mptcp-socksd --path-manager kernel` and the sysctl, parses as well.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    #[non_exhaustive]
+    pub enum PmMode: Field::PmMode {
+        /// The kernel's own path manager, driven by `ip mptcp endpoint`: the same for every
+        /// connection in the namespace.
+        #[default]
+        InKernel = "in-kernel" | "kernel",
+        /// The daemon creates subflows per connection over the `mptcp_pm` netlink family
+        /// (`net.mptcp.path_manager=userspace`).
+        Userspace = "userspace",
     }
 }
 

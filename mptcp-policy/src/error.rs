@@ -44,7 +44,8 @@ pub enum Error {
     },
 }
 
-/// The fields of a rule, for error messages.
+/// What a value was given for, for error messages: a field of a rule, or another keyword
+/// this crate parses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Field {
@@ -60,6 +61,12 @@ pub enum Field {
     Access,
     /// An option after the four fields that is not known.
     Option,
+    /// A path-manager mode ([`PmMode`](crate::PmMode)).
+    PmMode,
+    /// A kernel flavour ([`Flavour`](crate::Flavour)).
+    Flavour,
+    /// What a connection carries ([`Transport`](crate::Transport)).
+    Transport,
 }
 
 impl Field {
@@ -72,6 +79,9 @@ impl Field {
             Field::PathManager => "path manager",
             Field::Access => "access",
             Field::Option => "option",
+            Field::PmMode => "path-manager mode",
+            Field::Flavour => "kernel flavour",
+            Field::Transport => "transport",
         }
     }
 }

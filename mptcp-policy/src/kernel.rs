@@ -1,37 +1,24 @@
 //! What the running kernel offers for MPTCP, read from `/proc/sys/net/mptcp`.
 
-use std::fmt;
 use std::fs;
 use std::path::Path;
 use std::sync::OnceLock;
 
-/// Which MPTCP implementation the kernel has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Flavour {
-    /// Upstream Linux MPTCP (5.6+): `IPPROTO_MPTCP`, per-namespace scheduler and path
-    /// manager.
-    Upstream,
-    /// The out-of-tree multipath-tcp.org kernel: per-socket options on TCP sockets.
-    Legacy,
-    /// No MPTCP at all: every connection is plain TCP.
-    None,
-}
+use crate::error::Field;
+use crate::keyword::keyword_enum;
 
-impl Flavour {
-    /// `"upstream"`, `"legacy"` or `"none"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Flavour::Upstream => "upstream",
-            Flavour::Legacy => "legacy",
-            Flavour::None => "none",
-        }
-    }
-}
-
-impl fmt::Display for Flavour {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+keyword_enum! {
+    /// Which MPTCP implementation the kernel has.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum Flavour: Field::Flavour {
+        /// Upstream Linux MPTCP (5.6+): `IPPROTO_MPTCP`, per-namespace scheduler and path
+        /// manager.
+        Upstream = "upstream",
+        /// The out-of-tree multipath-tcp.org kernel: per-socket options on TCP sockets.
+        Legacy = "legacy",
+        /// No MPTCP at all: every connection is plain TCP.
+        None = "none",
     }
 }
 

@@ -108,6 +108,7 @@
 mod effect;
 mod error;
 mod kernel;
+mod keyword;
 mod policy;
 mod rule;
 mod sys;

@@ -12,9 +12,16 @@ use crate::rule::{Access, Destination, Rule, Settings, mask};
 ///
 /// Lookup costs a few hash probes whatever the number of rules: one per distinct prefix
 /// length of the address family and one per label of a name, never a scan of the rules.
+///
+/// A policy read from text remembers the line each rule came from
+/// ([`Policy::rules_with_lines`]), so that what is said about a rule later (a warning, a
+/// refusal) can point at the line an operator wrote. Equality ignores those lines.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     rules: Vec<Rule>,
+    /// For each rule, the 1-based line of the text it was parsed from; `None` for a rule
+    /// given at run time. Always as long as `rules`.
+    lines: Vec<Option<usize>>,
     index: Index,
 }
 
@@ -122,7 +129,12 @@ impl Policy {
             }
         }
         let index = Index::build(&rules);
-        Ok(Policy { rules, index })
+        let lines = vec![None; rules.len()];
+        Ok(Policy {
+            rules,
+            lines,
+            index,
+        })
     }
 
     /// Parses a rule file (see the crate documentation for the syntax).
@@ -133,6 +145,7 @@ impl Policy {
     /// no policy, so the caller can keep the last good one.
     pub fn parse(text: &str) -> Result<Policy, Error> {
         let mut rules = Vec::new();
+        let mut lines = Vec::new();
         let mut lines_of: HashMap<Destination, usize> = HashMap::new();
         let mut end: Option<usize> = None;
         for (i, raw) in text.lines().enumerate() {
@@ -176,14 +189,29 @@ impl Policy {
                 });
             }
             rules.push(rule);
+            lines.push(Some(line_no));
         }
         let index = Index::build(&rules);
-        Ok(Policy { rules, index })
+        Ok(Policy {
+            rules,
+            lines,
+            index,
+        })
     }
 
     /// The rules in file order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The rules in file order, each with the 1-based line of the text it was parsed from
+    /// ([`Policy::parse`]), or `None` for a rule given at run time ([`Policy::new`], and
+    /// [`Policy::upsert`], which also clears the line of a rule it replaces).
+    ///
+    /// The lines are those of the text parsed: a policy written out since (its `Display`
+    /// drops comments and blank lines) keeps the numbers of the text it was read from.
+    pub fn rules_with_lines(&self) -> impl ExactSizeIterator<Item = (&Rule, Option<usize>)> {
+        self.rules.iter().zip(self.lines.iter().copied())
     }
 
     /// The number of rules.
@@ -208,12 +236,16 @@ impl Policy {
     }
 
     /// Adds a rule, or replaces the rule for the same destination in place. Returns the
-    /// rule it replaced.
+    /// rule it replaced. The rule has no line (see [`Policy::rules_with_lines`]).
     pub fn upsert(&mut self, rule: Rule) -> Option<Rule> {
         let old = match self.position(&rule.destination) {
-            Some(i) => Some(std::mem::replace(&mut self.rules[i], rule)),
+            Some(i) => {
+                self.lines[i] = None;
+                Some(std::mem::replace(&mut self.rules[i], rule))
+            }
             None => {
                 self.rules.push(rule);
+                self.lines.push(None);
                 None
             }
         };
@@ -225,6 +257,7 @@ impl Policy {
     pub fn remove(&mut self, destination: &Destination) -> Option<Rule> {
         let i = self.position(destination)?;
         let old = self.rules.remove(i);
+        self.lines.remove(i);
         self.index = Index::build(&self.rules);
         Some(old)
     }
@@ -331,6 +364,10 @@ impl Policy {
 }
 
 impl PartialEq for Policy {
+    /// The same rules in the same order. Where they were read from does not count: the
+    /// rule store compares the file it reads with the policy in force to tell whether
+    /// anything changed, and a comment added above a rule (which moves its line) or the
+    /// store's own rewrite of a commented file (which drops comments) changes nothing.
     fn eq(&self, other: &Self) -> bool {
         self.rules == other.rules
     }
@@ -593,6 +630,43 @@ mod tests {
             Policy::default().check_access(None, ip("127.0.0.1"), true),
             Err(Refusal::Protected)
         );
+    }
+
+    #[test]
+    fn rules_keep_the_line_they_were_read_from() {
+        let text = "# uplinks\n\n10.0.0.1,1,default,default,\n  # moved\n10.0.0.2,1,default,default, # x\n.\n";
+        let mut policy = Policy::parse(text).unwrap();
+        let lines = |p: &Policy| -> Vec<(String, Option<usize>)> {
+            p.rules_with_lines()
+                .map(|(r, line)| (r.destination.to_string(), line))
+                .collect()
+        };
+        assert_eq!(
+            lines(&policy),
+            [("10.0.0.1".into(), Some(3)), ("10.0.0.2".into(), Some(5))]
+        );
+        // The same rules from other lines (the writer's form) are the same policy.
+        let rewritten = Policy::parse(&policy.to_string()).unwrap();
+        assert_eq!(rewritten.rules_with_lines().nth(1).unwrap().1, Some(2));
+        assert_eq!(rewritten, policy);
+
+        // Rules given at run time have no line; the others keep theirs.
+        policy.upsert("10.0.0.1,0,default,default,".parse().unwrap());
+        policy.upsert("10.0.0.3,0,default,default,".parse().unwrap());
+        policy.remove(&"10.0.0.9".parse().unwrap());
+        assert_eq!(
+            lines(&policy),
+            [
+                ("10.0.0.1".into(), None),
+                ("10.0.0.2".into(), Some(5)),
+                ("10.0.0.3".into(), None)
+            ]
+        );
+        policy.remove(&"10.0.0.1".parse().unwrap());
+        assert_eq!(lines(&policy)[0], ("10.0.0.2".into(), Some(5)));
+        let built = Policy::new(policy.rules().to_vec()).unwrap();
+        assert!(built.rules_with_lines().all(|(_, line)| line.is_none()));
+        assert_eq!(built, policy);
     }
 
     #[test]

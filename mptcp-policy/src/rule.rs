@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 use crate::error::{Error, Field};
+use crate::keyword::{self, keyword_enum};
 
 /// A DNS name: lowercase, without a trailing dot, each label 1 to 63 characters of
 /// letters, digits, `-` or `_`, at most 253 characters in all.
@@ -248,58 +249,14 @@ impl fmt::Display for Destination {
     }
 }
 
-/// Defines a field enum whose variants are spelled exactly as in the seed's rule file,
-/// with `FromStr` (case-insensitive), `Display` and `as_str` agreeing.
-macro_rules! keyword_enum {
-    ($(#[$meta:meta])* $name:ident, $field:expr, { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-        #[non_exhaustive]
-        pub enum $name {
-            $($(#[$vmeta])* $variant),+
-        }
-
-        impl $name {
-            /// Every value, in the order the seed lists them.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The spelling used in the rule file and the REST API.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = Error;
-
-            fn from_str(input: &str) -> Result<Self, Error> {
-                $name::ALL
-                    .iter()
-                    .copied()
-                    .find(|v| v.as_str().eq_ignore_ascii_case(input))
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
-                        Error::invalid($field, input, format!("expected one of {}", names.join(", ")))
-                    })
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-keyword_enum!(
+keyword_enum! {
     /// The MPTCP packet scheduler a rule asks for.
     ///
     /// Upstream Linux selects schedulers per network namespace (`net.mptcp.scheduler`) and
     /// ships only `default`; the legacy multipath-tcp.org kernel sets them per socket.
-    Scheduler, Field::Scheduler, {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+    #[non_exhaustive]
+    pub enum Scheduler: Field::Scheduler {
         /// The kernel's default (lowest-RTT first).
         #[default]
         Default = "default",
@@ -308,9 +265,9 @@ keyword_enum!(
         /// Every segment on every subflow.
         Redundant = "redundant",
     }
-);
+}
 
-keyword_enum!(
+keyword_enum! {
     /// Whether connections to a rule's destination may go ahead: the `access=` option.
     ///
     /// Without it (`default`), a destination may be reached unless it is the proxy's own
@@ -319,7 +276,9 @@ keyword_enum!(
     /// prefix rule opens such an address deliberately (a service on the box); `deny`
     /// refuses the destination, under any name that resolves into it when the rule is an
     /// address or prefix rule. See [`Policy::check_access`](crate::Policy::check_access).
-    Access, Field::Access, {
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+    #[non_exhaustive]
+    pub enum Access: Field::Access {
         /// No access setting: the host itself and link-local are refused, all else allowed.
         #[default]
         Default = "default",
@@ -328,7 +287,7 @@ keyword_enum!(
         /// Refused with SOCKS reply 0x02 (connection not allowed by ruleset).
         Deny = "deny",
     }
-);
+}
 
 /// The MPTCP path manager a rule asks for: which subflows a connection gets.
 ///
@@ -396,12 +355,12 @@ impl FromStr for PathManager {
             None => (input, None),
         };
         let bad = |reason: String| Error::invalid(Field::PathManager, input, reason);
-        let pm = PathManager::ALL
-            .iter()
-            .copied()
-            .find(|v| v.as_str().eq_ignore_ascii_case(kind))
+        let pm = keyword::find(kind, PathManager::ALL.iter().map(|v| (v.as_str(), *v)))
             .ok_or_else(|| {
-                bad("expected one of default, fullmesh, ndiffports, ndiffports:N, binder".into())
+                bad(keyword::expected(PathManager::ALL.iter().flat_map(|v| {
+                    let counted = matches!(v, PathManager::Ndiffports(_)).then_some("ndiffports:N");
+                    std::iter::once(v.as_str()).chain(counted)
+                })))
             })?;
         match (pm, count) {
             (_, None) => Ok(pm),

@@ -1,7 +1,6 @@
 //! Socket options: opening an outbound socket for a rule's settings and reading MPTCP
 //! state from a live socket. The only module with `unsafe`; Linux only.
 
-use std::fmt;
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::net::SocketAddr;
@@ -10,7 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::error::Field;
 use crate::kernel::{Flavour, KernelSupport};
+use crate::keyword::keyword_enum;
 use crate::rule::Settings;
 
 /// `SOL_MPTCP` from linux/socket.h; libc does not define it.
@@ -43,32 +44,17 @@ pub enum Opened {
     Tcp,
 }
 
-/// What a connected socket really carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Transport {
-    /// MPTCP end to end.
-    Mptcp,
-    /// MPTCP was asked for but the connection runs as TCP: the kernel could not open an
-    /// MPTCP socket, or the server (or a middlebox) does not speak MPTCP.
-    Fallback,
-    /// Plain TCP, as the rule said.
-    Tcp,
-}
-
-impl Transport {
-    /// `"mptcp"`, `"fallback"` or `"tcp"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Mptcp => "mptcp",
-            Transport::Fallback => "fallback",
-            Transport::Tcp => "tcp",
-        }
-    }
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+keyword_enum! {
+    /// What a connected socket really carries.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+    pub enum Transport: Field::Transport {
+        /// MPTCP end to end.
+        Mptcp = "mptcp",
+        /// MPTCP was asked for but the connection runs as TCP: the kernel could not open an
+        /// MPTCP socket, or the server (or a middlebox) does not speak MPTCP.
+        Fallback = "fallback",
+        /// Plain TCP, as the rule said.
+        Tcp = "tcp",
     }
 }
 
