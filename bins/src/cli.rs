@@ -90,7 +90,7 @@ pub struct Args {
     /// connection) or "userspace" (this daemon, per connection as its rule says; needs
     /// CAP_NET_ADMIN and switches the namespace to net.mptcp.path_manager=userspace
     /// while it runs).
-    #[arg(long = "path-manager", default_value = "kernel", value_parser = parse_pm_mode)]
+    #[arg(long = "path-manager", default_value = "kernel", value_parser = str::parse::<PmMode>)]
     path_manager: PmMode,
     /// Without -u/-P or -w, serve clients from any address, not only from loopback and
     /// private, link-local and unique-local ranges.
@@ -107,16 +107,6 @@ pub struct Args {
     /// is closed; 0 keeps idle connections open.
     #[arg(long, default_value_t = 3600)]
     idle_timeout: u64,
-}
-
-fn parse_pm_mode(s: &str) -> Result<PmMode, String> {
-    match s {
-        "kernel" | "in-kernel" => Ok(PmMode::InKernel),
-        "userspace" => Ok(PmMode::Userspace),
-        _ => Err(format!(
-            "{s:?} is not a path-manager mode: kernel or userspace"
-        )),
-    }
 }
 
 fn parse_api(s: &str) -> Result<ApiListen, String> {
