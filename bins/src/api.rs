@@ -269,12 +269,12 @@ impl From<&Connection> for ConnectionView {
 /// ```no_run
 /// # async fn daemon(store: mptcp_socksd::RuleStore, listener: tokio::net::TcpListener) {
 /// use mptcp_policy::PmMode;
-/// use mptcp_socks::{Connections, ServerConfig};
+/// use mptcp_socks::{Server, ServerConfig};
 /// use mptcp_socksd::{Api, Host, LocalAddresses};
 ///
-/// let connections = Connections::default();
+/// let server = Server::new(ServerConfig::default(), store.handle().clone()).unwrap();
+/// let connections = server.connections().clone(); // those the SOCKS server relays
 /// let inventory = LocalAddresses::default(); // refreshed from `ip mptcp endpoint`
-/// let config = ServerConfig { connections: connections.clone(), ..ServerConfig::default() };
 /// Api::new(store)
 ///     .token(Some("secret".into()))
 ///     .host(Host::new(PmMode::InKernel).local_addresses(inventory))

@@ -25,12 +25,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mptcp_policy::{Flavour, KernelSupport, PmMode};
-use mptcp_socks::{Connections, PolicyHandle, ServerConfig};
+use mptcp_socks::{Connections, PolicyHandle, Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{Api, UnixApiSocket};
-use crate::host::{Host, LocalAddresses, LocalEndpoint};
+use crate::host::{Host, LocalAddresses};
 use crate::pm_sysctl;
 use crate::store::{RuleStore, StoreError};
 use crate::watch::{WatchGuard, spawn_watcher};
@@ -126,8 +126,8 @@ pub enum DaemonError {
     /// The userspace path manager could not start.
     #[error("{0}")]
     PathManager(String),
-    /// The SOCKS server could not run.
-    #[error("the SOCKS5 server failed")]
+    /// The SOCKS server could not be set up (its name resolver).
+    #[error("cannot set up the SOCKS5 server")]
     Server(#[source] io::Error),
 }
 
@@ -204,13 +204,13 @@ fn bind_error(what: &'static str, addr: &dyn fmt::Display, source: io::Error) ->
 }
 
 /// How often the endpoint inventory is re-read from the kernel.
-const INVENTORY_REFRESH: Duration = Duration::from_secs(5);
+const INVENTORY_REFRESH: Duration = Duration::from_secs(1);
 
 /// Runs the daemon on `listeners` until `shutdown` completes: [`Daemon::start`], then
 /// [`Daemon::serve`].
 ///
 /// # Errors
-/// Start-up failures (rule file, watcher, path manager); the SOCKS server's own failure.
+/// Start-up failures: rule file, watcher, name resolver, path manager.
 pub async fn run(
     config: DaemonConfig,
     listeners: Listeners,
@@ -219,7 +219,8 @@ pub async fn run(
     Daemon::start(config, listeners)
         .await?
         .serve(shutdown)
-        .await
+        .await;
+    Ok(())
 }
 
 /// A daemon that has started: rule file loaded and watched, REST API answering, endpoint
@@ -228,8 +229,7 @@ pub async fn run(
 #[derive(Debug)]
 pub struct Daemon {
     socks: TcpListener,
-    server: ServerConfig,
-    policy: PolicyHandle,
+    server: Server,
     store: RuleStore,
     /// Told `true` when the daemon stops; the API, the inventory and the path manager
     /// watch it.
@@ -238,15 +238,18 @@ pub struct Daemon {
     /// Dropped last: the watcher of the rule file, and the sysctl switch, which restores
     /// the namespace's path manager.
     _watch: WatchGuard,
-    _userspace_pm: Option<pm_sysctl::UserspacePm>,
+    _pm_sysctl: Option<pm_sysctl::UserspacePm>,
+    /// The userspace path manager, when `--path-manager userspace`.
+    userspace_pm: Option<mptcp_socks::UserspacePm>,
 }
 
 impl Daemon {
     /// Starts everything but the SOCKS server, on `listeners`, and returns once it runs.
     ///
     /// # Errors
-    /// The rule file cannot be loaded (the message names the line) or watched; the
-    /// userspace path manager cannot start (no CAP_NET_ADMIN, no MPTCP).
+    /// The rule file cannot be loaded (the message names the line) or watched; the name
+    /// resolver cannot be set up; the userspace path manager cannot start (no
+    /// CAP_NET_ADMIN, no MPTCP).
     pub async fn start(config: DaemonConfig, listeners: Listeners) -> Result<Daemon, DaemonError> {
         log_kernel_support(&KernelSupport::probe());
 
@@ -270,25 +273,34 @@ impl Daemon {
             }
         };
 
-        // Shared with the API: the SOCKS server registers its connections here, and the
-        // inventory is what `ip mptcp endpoint` lists.
-        let connections = Connections::default();
+        let Listeners { socks, api } = listeners;
+        let mut settings = config.server;
+        if let Some(ApiListener::Tcp(listener)) = &api
+            && let Ok(bound) = listener.local_addr()
+        {
+            // The REST API is never reachable through the proxy, whatever the rules say.
+            settings.never_connect.push(bound);
+        }
+        log_client_policy(&settings);
+        tracing::info!(
+            max_connections = settings.max_connections,
+            max_client_connections = settings.max_connections_per_client,
+            idle_timeout_seconds = settings.idle_timeout.map_or(0, |t| t.as_secs()),
+            "connection limits"
+        );
+        let server = Server::new(settings, policy).map_err(DaemonError::Server)?;
+        let connections = server.connections().clone();
+
+        // The inventory is what `ip mptcp endpoint` lists; the API shows it and the
+        // userspace path manager makes subflows from it.
         let inventory = LocalAddresses::default();
-        let mut server = ServerConfig {
-            connections: connections.clone(),
-            ..config.server
-        };
         let rest = Api::new(store.clone())
             .token(config.api_token)
             .host(Host::new(config.path_manager).local_addresses(inventory.clone()))
             .connections(connections.clone());
-        let Listeners { socks, api } = listeners;
         let api_task = match api {
             Some(ApiListener::Tcp(listener)) => {
                 if let Ok(bound) = listener.local_addr() {
-                    // The REST API is never reachable through the proxy, whatever the rules
-                    // say.
-                    server.never_connect.push(bound);
                     tracing::info!("REST API listening on http://{bound}");
                 }
                 Some(tokio::spawn(rest.serve(listener, stopped())))
@@ -300,50 +312,46 @@ impl Daemon {
             None => None,
         };
 
-        log_client_policy(&server);
-        tracing::info!(
-            max_connections = server.max_connections,
-            max_client_connections = server.max_connections_per_client,
-            idle_timeout_seconds = server.idle_timeout.map_or(0, |t| t.as_secs()),
-            "connection limits"
-        );
-
-        tokio::spawn(keep_inventory(inventory, stopped()));
+        tokio::spawn(mptcp_socks::keep_inventory(
+            inventory.clone(),
+            INVENTORY_REFRESH,
+            stopped(),
+        ));
         // A daemon killed in userspace mode left the namespace switched: put it back first.
         pm_sysctl::recover_dead_daemon();
-        let userspace_pm = match config.path_manager {
+        let (sysctl_guard, userspace_pm) = match config.path_manager {
             PmMode::Userspace => {
                 let restore = pm_sysctl::UserspacePm::switch()?;
-                let pm = tokio::spawn(mptcp_socks::run_userspace_pm(connections, stopped()));
-                // Fail at start, with the reason, rather than run without subflows.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if pm.is_finished() {
-                    drop(restore);
-                    return Err(DaemonError::PathManager(match pm.await {
-                        Ok(Err(e)) if e.is_permission_denied() => format!(
-                            "--path-manager userspace needs CAP_NET_ADMIN for the mptcp_pm \
-                             netlink family: {e}"
-                        ),
-                        Ok(Err(e)) => format!("cannot start the userspace path manager: {e}"),
-                        _ => "the userspace path manager stopped at once".to_owned(),
-                    }));
-                }
-                restore
+                // Fail at start, with the reason, rather than run without subflows. On an
+                // error `restore` is dropped, which puts the sysctl back.
+                let pm = mptcp_socks::start_userspace_pm(connections, inventory, stopped())
+                    .await
+                    .map_err(|e| {
+                        DaemonError::PathManager(if e.is_permission_denied() {
+                            format!(
+                                "--path-manager userspace needs CAP_NET_ADMIN for the mptcp_pm \
+                                 netlink family: {e}"
+                            )
+                        } else {
+                            format!("cannot start the userspace path manager: {e}")
+                        })
+                    })?;
+                (restore, Some(pm))
             }
             _ => {
                 pm_sysctl::warn_if_userspace();
-                None
+                (None, None)
             }
         };
         Ok(Daemon {
             socks,
             server,
-            policy,
             store,
             stop,
             api_task,
             _watch: watch,
-            _userspace_pm: userspace_pm,
+            _pm_sysctl: sysctl_guard,
+            userspace_pm,
         })
     }
 
@@ -354,24 +362,18 @@ impl Daemon {
 
     /// The live relayed connections, as the API lists them.
     pub fn connections(&self) -> &Connections {
-        &self.server.connections
+        self.server.connections()
     }
 
     /// Serves SOCKS5 clients until `shutdown` completes, then stops the rest and lets the
     /// connections in flight finish (within the server's grace period).
-    ///
-    /// # Errors
-    /// The SOCKS server's own failure (its name resolver cannot be set up).
-    pub async fn serve(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), DaemonError> {
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let Daemon {
             socks,
             server,
-            policy,
             stop,
             api_task,
+            userspace_pm,
             ..
         } = self;
         let mut stopped = stop.subscribe();
@@ -380,54 +382,19 @@ impl Daemon {
             tracing::info!("shutting down");
             let _ = stop.send(true);
         });
-        let served = mptcp_socks::serve(socks, server, policy, async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        })
-        .await;
-        served.map_err(DaemonError::Server)?;
+        server
+            .serve(socks, async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await;
         if let Some(task) = api_task {
             let _ = task.await;
         }
-        Ok(())
-    }
-}
-
-/// Keeps the local address inventory in step with the kernel's endpoint list
-/// (`ip mptcp endpoint`), which the API shows and both path managers use.
-async fn keep_inventory(inventory: LocalAddresses, shutdown: impl Future<Output = ()>) {
-    let client = match mptcp_netlink::PmClient::connect().await {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::debug!("no endpoint inventory: {e}");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(INVENTORY_REFRESH);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = tick.tick() => {}
-        }
-        match client.endpoints().await {
-            Ok(endpoints) => inventory.set(
-                endpoints
-                    .iter()
-                    .map(|e| LocalEndpoint {
-                        id: e.id,
-                        addr: e.addr,
-                        flags: e
-                            .flags
-                            .to_string()
-                            .split(',')
-                            .filter(|f| !f.is_empty())
-                            .map(str::to_owned)
-                            .collect(),
-                        ifindex: e.ifindex.and_then(|i| u32::try_from(i).ok()),
-                    })
-                    .collect(),
-            ),
-            Err(e) => tracing::debug!("cannot read the endpoint list: {e}"),
+        // Stopped with the rest; the sysctl is restored only after it has.
+        if let Some(pm) = userspace_pm
+            && let Err(e) = pm.finished().await
+        {
+            tracing::error!("{e}");
         }
     }
 }

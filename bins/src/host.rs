@@ -2,12 +2,11 @@
 //! mode and the local address inventory. The REST API judges every rule against it.
 
 use std::fmt;
-use std::fs;
-use std::net::IpAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
 use mptcp_policy::{KernelSupport, PmMode};
-use serde::{Deserialize, Serialize};
+// The inventory lives in mptcp-socks, whose path manager reads it too.
+pub use mptcp_socks::{LocalAddresses, LocalEndpoint, interface_name};
 
 /// Where the kernel's MPTCP support is read from.
 ///
@@ -48,68 +47,6 @@ impl fmt::Debug for KernelProbe {
             Some(kernel) => f.debug_tuple("KernelProbe::fixed").field(kernel).finish(),
             None => f.write_str("KernelProbe::live"),
         }
-    }
-}
-
-/// One local address the operator made available for subflows: an entry of the kernel's
-/// endpoint list (`ip mptcp endpoint show`), which both path-manager modes use.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct LocalEndpoint {
-    /// The kernel's address id.
-    pub id: u8,
-    /// The address.
-    pub addr: IpAddr,
-    /// `subflow`, `signal`, `backup`, `fullmesh`, ... as `ip mptcp endpoint` names them.
-    pub flags: Vec<String>,
-    /// The interface the endpoint is bound to (`dev IF`), if any.
-    pub ifindex: Option<u32>,
-}
-
-impl LocalEndpoint {
-    /// The name of the endpoint's interface (from `/sys/class/net`), if it has one and it
-    /// still exists.
-    pub fn interface(&self) -> Option<String> {
-        self.ifindex.and_then(interface_name)
-    }
-}
-
-/// The name of the interface with index `ifindex` in this network namespace (as far as the
-/// mounted `/sys` shows it: `ip netns exec` mounts the namespace's own).
-pub fn interface_name(ifindex: u32) -> Option<String> {
-    fs::read_dir("/sys/class/net")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let index = fs::read_to_string(entry.path().join("ifindex")).ok()?;
-            (index.trim().parse::<u32>().ok()? == ifindex)
-                .then(|| entry.file_name().to_string_lossy().into_owned())
-        })
-}
-
-/// The local address inventory, shared between whoever keeps it current (the daemon,
-/// from the kernel's endpoint list) and whoever reads it (the API, the path manager).
-/// Cheap to clone; all clones see the same list.
-#[derive(Debug, Clone, Default)]
-pub struct LocalAddresses {
-    inner: Arc<RwLock<Arc<Vec<LocalEndpoint>>>>,
-}
-
-impl LocalAddresses {
-    /// An inventory holding `endpoints`.
-    pub fn new(endpoints: Vec<LocalEndpoint>) -> Self {
-        let addresses = LocalAddresses::default();
-        addresses.set(endpoints);
-        addresses
-    }
-
-    /// Replaces the whole list (endpoints are few; a refresh re-reads them all).
-    pub fn set(&self, endpoints: Vec<LocalEndpoint>) {
-        *self.inner.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(endpoints);
-    }
-
-    /// The list now. Later `set`s do not change what was returned.
-    pub fn get(&self) -> Arc<Vec<LocalEndpoint>> {
-        Arc::clone(&self.inner.read().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -197,12 +134,6 @@ mod tests {
         assert!(before.is_empty(), "a snapshot does not change");
         assert_eq!(host.inventory().len(), 1);
         assert_eq!(host.inventory()[0].interface(), None);
-    }
-
-    #[test]
-    fn loopback_has_a_name() {
-        // Index 1 is `lo` in every network namespace.
-        assert_eq!(interface_name(1).as_deref(), Some("lo"));
     }
 
     #[test]

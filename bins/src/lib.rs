@@ -1,37 +1,30 @@
-//! The library half of the mptcp-socks binaries: the rule store, the rule file watcher and
-//! the REST API that `mptcp-socksd` composes with the SOCKS server, the description of the
-//! host the API judges rules against, and the shapes `mptcpctl` reads.
+//! The mptcp-socks daemon as a library: what `mptcp-socksd` runs ([`run`], [`Daemon`])
+//! and the parts it composes with the SOCKS server of `mptcp-socks`: the rule store and
+//! its file watcher, the REST API, the description of the host the API judges rules
+//! against, the path-manager sysctl switch, and the shapes `mptcpctl` reads.
 //!
-//! The daemon's part, in order:
+//! The daemon, as `main` runs it:
 //!
 //! ```no_run
 //! # async fn daemon() -> anyhow::Result<()> {
-//! use mptcp_policy::PmMode;
-//! use mptcp_socks::{Connections, PolicyHandle, ServerConfig};
-//! use mptcp_socksd::{Api, Host, LocalAddresses, RuleStore, spawn_watcher};
+//! use mptcp_socksd::{Cli, Listeners, run};
 //!
-//! let handle = PolicyHandle::new(Default::default());
-//! // Loads the file into the handle; a broken file is an error with its line number.
-//! let store = RuleStore::open("/etc/mptcp-socks/rules", handle.clone())?;
-//! // Hand edits are picked up until `_watch` is dropped.
-//! let _watch = spawn_watcher(store.clone())?;
-//! // Shared with the SOCKS server (it registers its connections) and kept current from
-//! // `ip mptcp endpoint` (the inventory).
-//! let connections = Connections::default();
-//! let inventory = LocalAddresses::default();
-//! let config = ServerConfig { connections: connections.clone(), ..ServerConfig::default() };
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
-//! Api::new(store)
-//!     .host(Host::new(PmMode::InKernel).local_addresses(inventory))
-//!     .connections(connections)
-//!     .serve(listener, async { let _ = tokio::signal::ctrl_c().await; })
-//!     .await;
+//! let cli = Cli::try_parse_from(["mptcp-socksd", "-p", "1080", "--rules", "/tmp/rules"])?;
+//! let config = cli.into_config(1024)?;
+//! // Bound first, so that the caller knows the addresses (port 0 picks one).
+//! let listeners = Listeners::bind(&config).await?;
+//! println!("SOCKS5 on {:?}", listeners.socks_addr());
+//! run(config, listeners, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await?;
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! The SOCKS server gets `handle` (or `store.handle().clone()`) and `config`, and sees
-//! every rule change from its next connection on.
+//! [`Daemon::start`] returns once the rule file is loaded, the API answers and the path
+//! manager runs, with the rule store and the live connections to look at;
+//! [`Daemon::serve`] then serves SOCKS5 clients until shutdown.
 
 mod api;
 mod cli;

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use mptcp_policy::{Destination, Flavour, KernelSupport, PmMode, Policy};
-use mptcp_socks::{Connections, PolicyHandle, ServerConfig};
+use mptcp_socks::{PolicyHandle, Server, ServerConfig};
 use mptcp_socksd::{
     Api, Host, KernelProbe, LocalAddresses, LocalEndpoint, RuleStore, routes, serve_api,
     spawn_watcher,
@@ -1526,24 +1526,21 @@ async fn live_connections_through_a_real_socks_server() {
         }
     });
 
-    let connections = Connections::default();
     let socks_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let proxy = socks_listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let config = ServerConfig {
-        connections: connections.clone(),
-        ..ServerConfig::default()
-    };
-    let server = tokio::spawn(mptcp_socks::serve(
-        socks_listener,
-        config,
-        f.store.handle().clone(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let socks_server =
+        Server::new(ServerConfig::default(), f.store.handle().clone()).expect("server");
+    let connections = socks_server.connections().clone();
+    let server = tokio::spawn(async move {
+        socks_server
+            .serve(socks_listener, async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
 
     // Relay 256 KiB each way and keep the connection open.
     const SIZE: usize = 256 * 1024;

@@ -5,9 +5,6 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::registry::Connections;
-use crate::stats::Stats;
-
 /// Username and password a client must present (RFC 1929).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Auth {
@@ -57,7 +54,9 @@ impl fmt::Debug for Auth {
     }
 }
 
-/// How the server treats clients and opens outbound connections.
+/// How the server treats clients and opens outbound connections: settings only. The
+/// [`Server`](crate::Server) built from them hands out what it shares at run time (its
+/// counters and its live connections).
 ///
 /// Build it from [`ServerConfig::default`] and set the fields you need:
 ///
@@ -117,10 +116,6 @@ pub struct ServerConfig {
     pub max_connect_attempts: usize,
     /// How long in-flight connections may continue after shutdown was requested.
     pub shutdown_grace: Duration,
-    /// Counters updated by the server; clone it before handing the config over to read them.
-    pub stats: Stats,
-    /// The live connections; clone it before handing the config over to list them.
-    pub connections: Connections,
 }
 
 impl Default for ServerConfig {
@@ -143,8 +138,6 @@ impl Default for ServerConfig {
             connect_timeout: Duration::from_secs(10),
             max_connect_attempts: 4,
             shutdown_grace: Duration::from_secs(5),
-            stats: Stats::default(),
-            connections: Connections::default(),
         }
     }
 }

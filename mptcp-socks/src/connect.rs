@@ -60,7 +60,8 @@ impl From<&TargetAddr> for Target {
 }
 
 /// Connects to `target`, trying its addresses in turn. Each address is checked first,
-/// as the socket would connect to it: the proxy's own listeners are never reached, and
+/// as the socket would connect to it: the proxy's own listeners (`never_connect`) are
+/// never reached, and
 /// the policy's access rules decide the rest ([`Policy::check_access`], with the host's
 /// own and link-local addresses protected).
 ///
@@ -74,6 +75,7 @@ pub(crate) async fn connect(
     policy: &Policy,
     resolver: &NameResolver,
     config: &ServerConfig,
+    never_connect: &[SocketAddr],
     host: &HostAddresses,
 ) -> Result<Outbound, Error> {
     let addrs = match (target.ip, &target.name) {
@@ -87,7 +89,7 @@ pub(crate) async fn connect(
     let mut best: Option<Error> = None;
     for ip in addrs {
         let addr = SocketAddr::new(ip, target.port);
-        let access = if is_own_listener(addr, &config.never_connect, host) {
+        let access = if is_own_listener(addr, never_connect, host) {
             Err("it is one of the proxy's own listeners".to_owned())
         } else {
             policy

@@ -1,5 +1,5 @@
 //! An embeddable SOCKS5 server whose outbound connections are Multipath TCP or plain TCP,
-//! chosen per destination by an [`mptcp_policy::Policy`].
+//! chosen per destination by a [`Policy`].
 //!
 //! Clients speak ordinary SOCKS5 over TCP to the proxy; the proxy resolves the target,
 //! looks it up in the policy (name rules first, then the address's rules), opens the
@@ -19,23 +19,54 @@
 //! - The policy can be swapped ([`PolicyHandle::store`]) or edited in place
 //!   ([`PolicyHandle::update`]) at run time; each connection reads it once, at its connect
 //!   step, so changes apply from the next connection and never disturb open ones.
-//! - Connection counters for observability: [`ServerConfig::stats`]; the live
-//!   connections with their subflows: [`ServerConfig::connections`].
+//! - Settings ([`ServerConfig`]) apart from what the running server shares: its counters
+//!   ([`Server::stats`]) and its live connections with their subflows
+//!   ([`Server::connections`]).
+//! - The rule model is re-exported: [`Policy`], [`Rule`], [`Settings`] and the rest of
+//!   [`policy`] (the `mptcp-policy` crate), so this crate alone is enough to build one.
+//!
+//! # Cargo features
+//!
+//! - `userspace-pm` (default): [`start_userspace_pm`], the per-connection path manager for
+//!   upstream Linux's `net.mptcp.path_manager=userspace`, and [`keep_inventory`], which
+//!   keeps a [`LocalAddresses`] in step with the kernel's endpoint list. Both talk generic
+//!   netlink; without the feature no netlink crate is built.
 //!
 //! # Example
 //!
-//! ```no_run
-//! use mptcp_policy::Policy;
-//! use mptcp_socks::{PolicyHandle, ServerConfig, serve};
+//! A proxy on a port of loopback that opens MPTCP to everything but `example.org`, and a
+//! client greeting it:
 //!
-//! # async fn run() -> std::io::Result<()> {
-//! let policy = PolicyHandle::new(Policy::default());
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:1080").await?;
-//! let shutdown = async {
-//!     let _ = tokio::signal::ctrl_c().await;
-//! };
-//! // Keep a clone of `policy` to edit rules while the server runs.
-//! serve(listener, ServerConfig::default(), policy.clone(), shutdown).await
+//! ```
+//! use mptcp_socks::{Policy, PolicyHandle, Server, ServerConfig, Transport};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> std::io::Result<()> {
+//! // The seed's rule file: destination, MPTCP on (1) or off (0), path manager, scheduler.
+//! let rules: Policy = "example.org,0,default,default\n.\n".parse().expect("valid rules");
+//! // Keep a clone of the handle to change the rules while the server runs.
+//! let policy = PolicyHandle::new(rules);
+//! let server = Server::new(ServerConfig::default(), policy.clone())?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let proxy = listener.local_addr()?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let running = tokio::spawn({
+//!     let server = server.clone();
+//!     async move { server.serve(listener, async { let _ = stopped.await; }).await }
+//! });
+//!
+//! // A SOCKS5 client's greeting: version 5, one method, "no authentication".
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! let mut client = tokio::net::TcpStream::connect(proxy).await?;
+//! client.write_all(&[5, 1, 0]).await?;
+//! let mut choice = [0; 2];
+//! client.read_exact(&mut choice).await?;
+//! assert_eq!(choice, [5, 0]);
+//! assert_eq!(server.stats().snapshot().accepted, 1);
+//! # drop(client);
+//! let _ = stop.send(());
+//! running.await?;
+//! # Ok(())
 //! # }
 //! ```
 
@@ -43,6 +74,7 @@ mod config;
 mod connect;
 mod error;
 mod guard;
+mod inventory;
 mod policy_handle;
 mod registry;
 mod relay;
@@ -51,14 +83,25 @@ mod server;
 mod socks5;
 mod stats;
 mod throttle;
+#[cfg(feature = "userspace-pm")]
 mod userspace_pm;
+
+/// The rule model and rule-file syntax (the `mptcp-policy` crate).
+pub use mptcp_policy as policy;
+pub use mptcp_policy::{
+    Access, Destination, PathManager, Policy, Rule, Scheduler, Settings, SubflowInfo, Transport,
+};
 
 pub use config::{Auth, ServerConfig};
 pub use error::Error;
+#[cfg(feature = "userspace-pm")]
+pub use inventory::keep_inventory;
+pub use inventory::{LocalAddresses, LocalEndpoint, interface_name};
 pub use policy_handle::PolicyHandle;
 pub use registry::{Connection, Connections};
 pub use server::{Server, serve};
 pub use socks5::Reply;
 pub use stats::{Stats, StatsSnapshot};
 pub use throttle::LogThrottle;
-pub use userspace_pm::run_userspace_pm;
+#[cfg(feature = "userspace-pm")]
+pub use userspace_pm::{PmError, UserspacePm, start_userspace_pm};

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use mptcp_policy::{SubflowInfo, Transport};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -19,10 +20,11 @@ use crate::guard::{
     AuthFailures, ConnectionLimits, HostAddresses, LimitHit, Slot, is_local_network,
 };
 use crate::policy_handle::PolicyHandle;
-use crate::registry::Connection;
+use crate::registry::{Connection, Connections};
 use crate::relay::{Activity, SharedStream, Watched};
 use crate::resolve::NameResolver;
 use crate::socks5::{self, Command, Reply, TargetAddr};
+use crate::stats::Stats;
 use crate::throttle::LogThrottle;
 
 /// Buffer per relay direction. Measured on this kind of host: 8 KiB buffers cost about a
@@ -41,6 +43,10 @@ const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 struct Shared {
     config: ServerConfig,
     policy: PolicyHandle,
+    /// [`ServerConfig::never_connect`] and the listeners [`Server::serve`] was given.
+    never_connect: ArcSwap<Vec<SocketAddr>>,
+    stats: Stats,
+    connections: Connections,
     resolver: NameResolver,
     /// Clients that authenticated once while `auth_once` is on (microsocks `-1`).
     authenticated: Mutex<HashSet<IpAddr>>,
@@ -118,8 +124,25 @@ impl Shared {
 }
 
 /// A SOCKS5 server: its configuration, policy and the state its connections share.
-/// [`serve`] runs one on a listener; [`Server::serve_connection`] serves a single client
-/// over any byte stream (an in-memory one in tests and fuzzing).
+/// [`Server::serve`] runs it on a listener; [`Server::serve_connection`] serves a single
+/// client over any byte stream (an in-memory one in tests and fuzzing). Cloning gives
+/// another handle to the same server.
+///
+/// What it shares at run time comes from it, apart from the settings it was built with:
+/// [`Server::stats`] and [`Server::connections`].
+///
+/// ```no_run
+/// use mptcp_socks::{Policy, PolicyHandle, Server, ServerConfig};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let server = Server::new(ServerConfig::default(), PolicyHandle::new(Policy::default()))?;
+/// let stats = server.stats().clone();
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:1080").await?;
+/// server.serve(listener, std::future::pending()).await;
+/// println!("{:?}", stats.snapshot());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Server {
     shared: Arc<Shared>,
@@ -139,8 +162,11 @@ impl Server {
         ));
         Ok(Server {
             shared: Arc::new(Shared {
+                never_connect: ArcSwap::from_pointee(config.never_connect.clone()),
                 config,
                 policy,
+                stats: Stats::default(),
+                connections: Connections::default(),
                 resolver,
                 authenticated: Mutex::new(HashSet::new()),
                 host: HostAddresses::default(),
@@ -167,101 +193,124 @@ impl Server {
     }
 }
 
-/// Runs a SOCKS5 server on `listener` until `shutdown` completes.
-///
-/// Each client may CONNECT to an IPv4, IPv6 or domain target; BIND and UDP ASSOCIATE are
-/// answered with "command not supported". The outbound connection is opened as MPTCP or
-/// TCP according to the policy in `policy` at the moment the request arrives.
-///
-/// Clients are admitted as [`ServerConfig`] says (authentication, allow-list, local
-/// networks only by default) within its connection limits; a client refused for either
-/// reason is closed at once, before the greeting is answered.
-///
-/// When `shutdown` completes the listener is closed at once, connections in flight get
-/// [`ServerConfig::shutdown_grace`] to finish, and whatever is still open then is dropped.
+/// Runs a SOCKS5 server on `listener` until `shutdown` completes: [`Server::new`], then
+/// [`Server::serve`].
 ///
 /// # Errors
 ///
-/// Only when the name resolver cannot be set up. Errors on accepted connections are logged
-/// and never end the server; accept errors (such as EMFILE) are logged and retried.
+/// Only when the name resolver cannot be set up.
 pub async fn serve(
     listener: TcpListener,
-    mut config: ServerConfig,
+    config: ServerConfig,
     policy: PolicyHandle,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    if let Ok(addr) = listener.local_addr() {
-        // A CONNECT to the proxy itself would let one client multiply its connections.
-        config.never_connect.push(addr);
-        tracing::info!(listen = %addr, "SOCKS5 server listening");
-    }
-    let grace = config.shutdown_grace;
-    let server = Server::new(config, policy)?;
-    let shared = &server.shared;
+    Server::new(config, policy)?.serve(listener, shutdown).await;
+    Ok(())
+}
 
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            // Reap finished tasks so the set does not grow with every connection ever made.
-            Some(done) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(err) = done
-                    && err.is_panic()
-                {
-                    tracing::error!(error = %err, "connection task panicked");
-                }
-            }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, client)) => {
-                    // Clients on a dual-stack listener show up as ::ffff:a.b.c.d.
-                    let client = SocketAddr::new(client.ip().to_canonical(), client.port());
-                    // Refused clients are dropped here, before a task or a buffer exists.
-                    let Some(slot) = shared.admit(client) else { continue };
-                    if let Err(err) = stream.set_nodelay(true) {
-                        tracing::debug!(%client, error = %err, "cannot set TCP_NODELAY on the client socket");
+impl Server {
+    /// Serves clients on `listener` until `shutdown` completes.
+    ///
+    /// Each client may CONNECT to an IPv4, IPv6 or domain target; BIND and UDP ASSOCIATE
+    /// are answered with "command not supported". The outbound connection is opened as
+    /// MPTCP or TCP according to the policy at the moment the request arrives. The
+    /// listener's own address is never connected to.
+    ///
+    /// Clients are admitted as [`ServerConfig`] says (authentication, allow-list, local
+    /// networks only by default) within its connection limits; a client refused for either
+    /// reason is closed at once, before the greeting is answered.
+    ///
+    /// When `shutdown` completes the listener is closed at once, connections in flight get
+    /// [`ServerConfig::shutdown_grace`] to finish, and whatever is still open then is
+    /// dropped. Errors on accepted connections are logged and never end the server;
+    /// accept errors (such as EMFILE) are logged and retried.
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let shared = &self.shared;
+        let grace = shared.config.shutdown_grace;
+        if let Ok(addr) = listener.local_addr() {
+            // A CONNECT to the proxy itself would let one client multiply its connections.
+            shared.never_connect.rcu(|never| {
+                let mut never = Vec::clone(never);
+                never.push(addr);
+                never
+            });
+            tracing::info!(listen = %addr, "SOCKS5 server listening");
+        }
+
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                // Reap finished tasks so the set does not grow with every connection ever made.
+                Some(done) = connections.join_next(), if !connections.is_empty() => {
+                    if let Err(err) = done
+                        && err.is_panic()
+                    {
+                        tracing::error!(error = %err, "connection task panicked");
                     }
-                    let shared = Arc::clone(shared);
-                    connections.spawn(async move {
-                        handle_client(&shared, stream, client, slot).await;
-                    });
                 }
-                Err(err) => {
-                    if let Some(held_back) = shared.accept_error_log.allow() {
-                        tracing::warn!(error = %err, also_failed = held_back, "accept failed");
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, client)) => {
+                        // Clients on a dual-stack listener show up as ::ffff:a.b.c.d.
+                        let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+                        // Refused clients are dropped here, before a task or a buffer exists.
+                        let Some(slot) = shared.admit(client) else { continue };
+                        if let Err(err) = stream.set_nodelay(true) {
+                            tracing::debug!(%client, error = %err, "cannot set TCP_NODELAY on the client socket");
+                        }
+                        let shared = Arc::clone(shared);
+                        connections.spawn(async move {
+                            handle_client(&shared, stream, client, slot).await;
+                        });
                     }
-                    if !is_per_connection(&err) {
-                        tokio::select! {
-                            () = &mut shutdown => break,
-                            () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    Err(err) => {
+                        if let Some(held_back) = shared.accept_error_log.allow() {
+                            tracing::warn!(error = %err, also_failed = held_back, "accept failed");
+                        }
+                        if !is_per_connection(&err) {
+                            tokio::select! {
+                                () = &mut shutdown => break,
+                                () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                            }
                         }
                     }
-                }
-            },
+                },
+            }
+        }
+
+        drop(listener);
+        if !connections.is_empty() {
+            tracing::info!(
+                open = connections.len(),
+                grace = ?grace,
+                "shutting down; waiting for open connections"
+            );
+            let drained = tokio::time::timeout(grace, async {
+                while connections.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::info!(
+                    dropped = connections.len(),
+                    "grace period over; dropping open connections"
+                );
+                connections.shutdown().await;
+            }
         }
     }
 
-    drop(listener);
-    if !connections.is_empty() {
-        tracing::info!(
-            open = connections.len(),
-            grace = ?grace,
-            "shutting down; waiting for open connections"
-        );
-        let drained = tokio::time::timeout(grace, async {
-            while connections.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::info!(
-                dropped = connections.len(),
-                "grace period over; dropping open connections"
-            );
-            connections.shutdown().await;
-        }
+    /// The server's counters; clones read the same ones.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
     }
-    Ok(())
+
+    /// The live relayed connections; clones list the same ones.
+    pub fn connections(&self) -> &Connections {
+        &self.shared.connections
+    }
 }
 
 /// Errors that concern only the connection being accepted, not the listener: retry at once.
@@ -279,9 +328,9 @@ async fn handle_client<S>(shared: &Shared, stream: S, client: SocketAddr, _slot:
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let _active = shared.config.stats.accepted();
+    let _active = shared.stats.accepted();
     if let Err(err) = serve_client(shared, stream, client).await {
-        shared.config.stats.failed();
+        shared.stats.failed();
         if err.is_routine() {
             tracing::debug!(%client, error = %err, "client connection ended");
         } else {
@@ -309,11 +358,13 @@ where
     let target = Target::from(&target_addr);
     // Loaded once per connection: a policy stored meanwhile applies to the next one.
     let policy = shared.policy.load();
+    let never_connect = shared.never_connect.load();
     let connected = connect(
         &target,
         &policy,
         &shared.resolver,
         &shared.config,
+        &never_connect,
         &shared.host,
     )
     .await;
@@ -333,10 +384,10 @@ where
         }
     };
 
-    shared.config.stats.connected(outbound.transport);
+    shared.stats.connected(outbound.transport);
     let bound = outbound.stream.local_addr()?;
     let outbound_stream = Arc::new(outbound.stream);
-    let registration = shared.config.connections.register(
+    let registration = shared.connections.register(
         Connection {
             id: 0,
             client,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use mptcp_policy::Policy;
-use mptcp_socks::{Auth, PolicyHandle, ServerConfig, serve};
+use mptcp_socks::{Auth, PolicyHandle, Server, ServerConfig};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,8 +33,10 @@ async fn bounded(test: impl Future<Output = Result<()>>) -> Result<()> {
 /// A running proxy; dropping it (or calling `stop`) signals shutdown.
 struct Proxy {
     addr: SocketAddr,
+    /// The running server, for its counters and connection list.
+    server: Server,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
 }
 
 impl Proxy {
@@ -46,11 +48,20 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, config, policy, async {
-            let _ = rx.await;
-        }));
+        let server = Server::new(config, policy)?;
+        let task = tokio::spawn({
+            let server = server.clone();
+            async move {
+                server
+                    .serve(listener, async {
+                        let _ = rx.await;
+                    })
+                    .await;
+            }
+        });
         Ok(Proxy {
             addr,
+            server,
             shutdown: Some(tx),
             task,
         })
@@ -69,7 +80,7 @@ impl Proxy {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        (&mut self.task).await??;
+        (&mut self.task).await?;
         Ok(())
     }
 }
@@ -606,9 +617,8 @@ async fn policy_swap_applies_to_the_next_connection() -> Result<()> {
     bounded(async {
         let (server, mut accepted) = mptcp_server()?;
         let policy = PolicyHandle::new(LOOPBACK_ALLOWED.parse()?);
-        let config = config();
-        let stats = config.stats.clone();
-        let proxy = Proxy::start(config, policy.clone()).await?;
+        let proxy = Proxy::start(config(), policy.clone()).await?;
+        let stats = proxy.server.stats().clone();
 
         // Built-in default: MPTCP.
         let (mut first, code) = connect_via(&proxy, &addr_bytes(server)).await?;
@@ -699,9 +709,8 @@ async fn live_connections_are_listed_with_rule_token_and_subflows_until_closed()
         let policy = PolicyHandle::new(
             format!("{},1,default,default,access=allow,\n.\n", server.ip()).parse()?,
         );
-        let config = config();
-        let connections = config.connections.clone();
-        let proxy = Proxy::start(config, policy).await?;
+        let proxy = Proxy::start(config(), policy).await?;
+        let connections = proxy.server.connections().clone();
         ensure!(connections.is_empty());
 
         let (mut stream, code) = connect_via(&proxy, &addr_bytes(server)).await?;

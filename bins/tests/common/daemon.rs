@@ -108,7 +108,7 @@ impl Daemon {
                 let stopped = async {
                     let _ = stop_rx.await;
                 };
-                daemon.serve(stopped).await?;
+                daemon.serve(stopped).await;
                 Ok(())
             })
         };
