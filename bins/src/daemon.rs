@@ -24,12 +24,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mptcp_policy::{Flavour, KernelSupport, PmMode};
+use mptcp_policy::{KernelSupport, PmMode};
 use mptcp_socks::{Connections, PolicyHandle, Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{Api, UnixApiSocket};
+use crate::diagnosis::{Severity, kernel_notes};
 use crate::host::{Host, LocalAddresses};
 use crate::pm_sysctl;
 use crate::store::{RuleStore, StoreError};
@@ -251,8 +252,6 @@ impl Daemon {
     /// resolver cannot be set up; the userspace path manager cannot start (no
     /// CAP_NET_ADMIN, no MPTCP).
     pub async fn start(config: DaemonConfig, listeners: Listeners) -> Result<Daemon, DaemonError> {
-        log_kernel_support(&KernelSupport::probe());
-
         let policy = PolicyHandle::new(Default::default());
         let store = RuleStore::open(&config.rule_file, policy.clone()).map_err(|source| {
             DaemonError::RuleFile {
@@ -343,6 +342,7 @@ impl Daemon {
                 (None, None)
             }
         };
+        log_kernel_notes(config.path_manager);
         Ok(Daemon {
             socks,
             server,
@@ -423,23 +423,13 @@ fn log_client_policy(server: &ServerConfig) {
     }
 }
 
-fn log_kernel_support(kernel: &KernelSupport) {
-    match (kernel.flavour, kernel.enabled) {
-        (Flavour::Upstream, true) => tracing::info!(
-            path_manager = kernel.path_manager.as_deref().unwrap_or("?"),
-            schedulers = %kernel.available_schedulers.join(" "),
-            "kernel has upstream MPTCP"
-        ),
-        (Flavour::Legacy, true) => {
-            tracing::info!("kernel has the legacy multipath-tcp.org MPTCP: per-socket options")
+/// Logs the kernel's diagnosis (the same notes as `GET /capabilities`), judged after the
+/// path manager was set up.
+fn log_kernel_notes(mode: PmMode) {
+    for note in kernel_notes(&KernelSupport::probe(), mode) {
+        match note.severity {
+            Severity::Info => tracing::info!("{note}"),
+            _ => tracing::warn!("{note}"),
         }
-        (Flavour::Upstream | Flavour::Legacy, false) => tracing::warn!(
-            "MPTCP is disabled in this network namespace: every connection will be plain TCP \
-             (enable it with: sysctl -w net.mptcp.enabled=1)"
-        ),
-        _ => tracing::warn!(
-            "this kernel has no MPTCP: every connection will be plain TCP (Linux 5.6+ with \
-             CONFIG_MPTCP has it)"
-        ),
     }
 }

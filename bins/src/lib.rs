@@ -28,8 +28,10 @@
 
 mod api;
 mod cli;
+mod client;
 mod daemon;
 mod daemon_support;
+mod diagnosis;
 mod host;
 pub mod pm_sysctl;
 mod store;
@@ -37,14 +39,16 @@ mod watch;
 
 pub use api::{
     Api, ApiLimits, BODY_LIMIT, Capabilities, ConnectionView, DESTINATION_ESCAPES, Health,
-    LocalAddressView, RuleView, SubflowView, UnixApiSocket, routes, rule_location, rule_path,
-    serve_api,
+    LocalAddressView, RuleRequest, RuleView, SubflowView, UnixApiSocket, routes, rule_location,
+    rule_path, serve_api,
 };
 pub use cli::{Args, Cli};
+pub use client::{ApiClient, ClientError};
 pub use daemon::{ApiListen, Daemon, DaemonConfig, DaemonError, Listeners, run};
 pub use daemon_support::{
     escape_controls, escaping_fields, raise_and_log_fd_limit, raise_fd_limit, read_secret_file,
 };
+pub use diagnosis::{Note, Severity, kernel_notes};
 pub use host::{Host, KernelProbe, LocalAddresses, LocalEndpoint, interface_name};
 pub use store::{ReloadError, Reloaded, RuleStore, StoreError};
 pub use watch::{WatchGuard, spawn_watcher};

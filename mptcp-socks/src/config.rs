@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use subtle::ConstantTimeEq;
+
 /// Username and password a client must present (RFC 1929).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Auth {
@@ -30,18 +32,10 @@ impl Auth {
     /// Checks both fields in full (no early exit on the first differing byte), so the time
     /// taken tells a remote guesser little about how much of the password was right.
     pub(crate) fn matches(&self, username: &[u8], password: &[u8]) -> bool {
-        let user_ok = constant_time_eq(self.username.as_bytes(), username);
-        let pass_ok = constant_time_eq(self.password.as_bytes(), password);
-        user_ok & pass_ok
+        let user_ok = self.username.as_bytes().ct_eq(username);
+        let pass_ok = self.password.as_bytes().ct_eq(password);
+        (user_ok & pass_ok).into()
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    diff == 0
 }
 
 // The password must never end up in a log line.

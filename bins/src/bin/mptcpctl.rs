@@ -4,17 +4,11 @@
 //! 3 the API cannot be reached.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write as _};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mptcp_policy::{Access, PathManager, Scheduler};
-use mptcp_socksd::{Capabilities, ConnectionView, Health, RuleView, rule_path};
-use serde_json::{Value, json};
-use ureq::http::StatusCode;
+use mptcp_policy::{Access, PathManager, Scheduler, Settings};
+use mptcp_socksd::{ApiClient, Capabilities, ClientError, ConnectionView, RuleRequest, RuleView};
 
 /// Manage the per-destination MPTCP policy of a running mptcp-socksd.
 #[derive(Debug, Parser)]
@@ -133,6 +127,16 @@ enum Failure {
     Usage(String),
 }
 
+impl From<ClientError> for Failure {
+    fn from(err: ClientError) -> Self {
+        match err {
+            ClientError::Unreachable(_) => Failure::Unreachable(err.to_string()),
+            ClientError::Usage(_) => Failure::Usage(err.to_string()),
+            _ => Failure::Api(err.to_string()),
+        }
+    }
+}
+
 impl Failure {
     fn report(self) -> ExitCode {
         let (message, code) = match self {
@@ -154,15 +158,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), Failure> {
-    let client = Client::new(cli);
+    let client = ApiClient::new(&cli.api, cli.token.clone());
     match &cli.command {
         Command::Health => {
-            let body = client.expect_ok(client.get("/health")?)?;
+            let health = client.health()?;
             if cli.json {
-                return print_json(&body);
+                return print_json(&health);
             }
-            let health: Health = from_value(body)?;
-            let mut line = format!("{} (API {})", health.status, client.base);
+            let mut line = format!("{} (API {})", health.status, client.base());
             if let Some(rules) = health.rules {
                 let _ = write!(line, ": {rules} rule(s)");
             }
@@ -176,29 +179,24 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     err.message
                 );
             }
-            Ok(())
         }
         Command::Rules(RulesCommand::List) => {
-            let body = client.expect_ok(client.get("/rules")?)?;
+            let rules = client.rules()?;
             if cli.json {
-                return print_json(&body);
+                return print_json(&rules);
             }
-            let rules: Vec<RuleView> = from_value(body)?;
             if rules.is_empty() {
                 println!("no rules: every destination gets the defaults (MPTCP on)");
             } else {
                 print!("{}", rules_table(&rules));
             }
-            Ok(())
         }
         Command::Rules(RulesCommand::Show { destination }) => {
-            let body = client.expect_ok(client.get(&rule_path(destination))?)?;
+            let rule = client.rule(destination)?;
             if cli.json {
-                return print_json(&body);
+                return print_json(&rule);
             }
-            let rule: RuleView = from_value(body)?;
             print!("{}", rules_table(std::slice::from_ref(&rule)));
-            Ok(())
         }
         Command::Rules(RulesCommand::Add {
             destination,
@@ -207,21 +205,16 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             path_manager,
             access,
         }) => {
-            let request = json!({
-                "access": access.as_str(),
-                "ip": destination,
-                "enable": if *mptcp == OnOff::On { "1" } else { "0" },
-                "scheduler": scheduler.as_str(),
-                // Display, not `as_str`: `ndiffports:3` keeps its count.
-                "path_manager": path_manager.to_string(),
-            });
-            let response = client.post("/rules", &request)?;
-            let created = response.status == StatusCode::CREATED;
-            let body = client.expect_ok(response)?;
+            let settings = Settings {
+                mptcp: *mptcp == OnOff::On,
+                scheduler: *scheduler,
+                path_manager: *path_manager,
+            };
+            let request = RuleRequest::new(destination.as_str(), &settings, *access);
+            let (rule, created) = client.add_rule(&request)?;
             if cli.json {
-                return print_json(&body);
+                return print_json(&rule);
             }
-            let rule: RuleView = from_value(body)?;
             println!(
                 "{} rule for {}: MPTCP {}, scheduler {}, path manager {}, access {}",
                 if created { "added" } else { "replaced" },
@@ -234,38 +227,33 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             for reason in &rule.not_in_effect {
                 println!("not in effect here: {reason}");
             }
-            Ok(())
         }
         Command::Rules(RulesCommand::Rm { destination }) => {
-            client.expect_ok(client.delete(&rule_path(destination))?)?;
+            client.delete_rule(destination)?;
             if !cli.json {
                 println!("removed rule for {destination}");
             }
-            Ok(())
         }
         Command::Capabilities => {
-            let body = client.expect_ok(client.get("/capabilities")?)?;
+            let capabilities = client.capabilities()?;
             if cli.json {
-                return print_json(&body);
+                return print_json(&capabilities);
             }
-            let capabilities: Capabilities = from_value(body)?;
             print!("{}", capabilities_text(&capabilities));
-            Ok(())
         }
         Command::Connections => {
-            let body = client.expect_ok(client.get("/connections")?)?;
+            let connections = client.connections()?;
             if cli.json {
-                return print_json(&body);
+                return print_json(&connections);
             }
-            let connections: Vec<ConnectionView> = from_value(body)?;
             if connections.is_empty() {
                 println!("no live connections");
             } else {
                 print!("{}", connections_table(&connections));
             }
-            Ok(())
         }
     }
+    Ok(())
 }
 
 fn on_off(enabled: bool) -> &'static str {
@@ -475,327 +463,17 @@ fn table<const N: usize>(
     out
 }
 
-fn print_json(body: &Value) -> Result<(), Failure> {
-    let text = serde_json::to_string_pretty(body)
+/// The API's answer as JSON, as it sent it (the same wire type, written back).
+fn print_json(answer: &impl serde::Serialize) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(answer)
         .map_err(|err| Failure::Api(format!("cannot print the answer: {err}")))?;
     println!("{text}");
     Ok(())
 }
 
-fn from_value<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Failure> {
-    serde_json::from_value(body)
-        .map_err(|err| Failure::Api(format!("unexpected answer from the API: {err}")))
-}
-
-/// A status and body from the API.
-struct Answer {
-    status: StatusCode,
-    text: String,
-}
-
-/// How the API is reached.
-enum Endpoint {
-    /// `http://HOST:PORT` (the default).
-    Http { agent: ureq::Agent, base: String },
-    /// The daemon's `--api unix:PATH`.
-    Unix(PathBuf),
-}
-
-struct Client {
-    endpoint: Endpoint,
-    /// What the messages call the API: its URL or `unix:PATH`.
-    base: String,
-    token: Option<String>,
-}
-
-/// The longest answer read from a Unix socket (a long connection list is well below).
-const ANSWER_LIMIT: u64 = 64 * 1024 * 1024;
-
-impl Client {
-    fn new(cli: &Cli) -> Self {
-        let token = cli.token.clone().filter(|t| !t.is_empty());
-        if let Some(path) = cli.api.strip_prefix("unix:") {
-            return Client {
-                endpoint: Endpoint::Unix(PathBuf::from(path)),
-                base: cli.api.clone(),
-                token,
-            };
-        }
-        let agent = ureq::Agent::config_builder()
-            // Error statuses carry the server's message: read them, do not turn them into
-            // a bare "status 422".
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(5)))
-            .timeout_global(Some(TIMEOUT))
-            .build()
-            .into();
-        let base = cli.api.trim_end_matches('/');
-        // `--api 10.0.0.1:5000` is what an operator types; the seed's server was plain HTTP.
-        let base = if base.contains("://") {
-            base.to_owned()
-        } else {
-            format!("http://{base}")
-        };
-        Client {
-            endpoint: Endpoint::Http {
-                agent,
-                base: base.clone(),
-            },
-            base,
-            token,
-        }
-    }
-
-    fn auth(&self) -> Result<Option<String>, Failure> {
-        let Some(token) = &self.token else {
-            return Ok(None);
-        };
-        // It goes into a header line: a line break would end it.
-        if token.bytes().any(|b| b.is_ascii_control()) {
-            return Err(Failure::Usage(
-                "the token contains control characters".into(),
-            ));
-        }
-        Ok(Some(format!("Bearer {token}")))
-    }
-
-    fn get(&self, path: &str) -> Result<Answer, Failure> {
-        self.send("GET", path, None)
-    }
-
-    fn delete(&self, path: &str) -> Result<Answer, Failure> {
-        self.send("DELETE", path, None)
-    }
-
-    fn post(&self, path: &str, body: &Value) -> Result<Answer, Failure> {
-        self.send("POST", path, Some(body))
-    }
-
-    fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, Failure> {
-        let auth = self.auth()?;
-        match &self.endpoint {
-            Endpoint::Http { agent, base } => {
-                let url = format!("{base}{path}");
-                let response = match (method, body) {
-                    ("POST", Some(body)) => {
-                        let mut request = agent.post(url);
-                        if let Some(auth) = &auth {
-                            request = request.header("Authorization", auth);
-                        }
-                        request.send_json(body)
-                    }
-                    _ => {
-                        let mut request = if method == "DELETE" {
-                            agent.delete(url)
-                        } else {
-                            agent.get(url)
-                        };
-                        if let Some(auth) = &auth {
-                            request = request.header("Authorization", auth);
-                        }
-                        request.call()
-                    }
-                };
-                let mut response = response.map_err(|err| self.transport(err))?;
-                let text = response
-                    .body_mut()
-                    .read_to_string()
-                    .map_err(|err| Failure::Api(format!("cannot read the answer: {err}")))?;
-                Ok(Answer {
-                    status: response.status(),
-                    text,
-                })
-            }
-            Endpoint::Unix(socket) => {
-                let body = body.map(Value::to_string);
-                let raw = unix_exchange(socket, method, path, auth.as_deref(), body.as_deref())
-                    .map_err(|err| {
-                        Failure::Unreachable(format!(
-                            "cannot reach the API at {}: {err} (is mptcp-socksd running, with \
-                             --api {}?)",
-                            self.base, self.base
-                        ))
-                    })?;
-                let (status, body) = parse_answer(&raw).map_err(|err| {
-                    Failure::Api(format!("bad answer from the API at {}: {err}", self.base))
-                })?;
-                Ok(Answer {
-                    status,
-                    text: String::from_utf8_lossy(&body).into_owned(),
-                })
-            }
-        }
-    }
-
-    fn transport(&self, err: ureq::Error) -> Failure {
-        match err {
-            ureq::Error::BadUri(_) | ureq::Error::Http(_) => {
-                Failure::Usage(format!("bad API address {:?}: {err}", self.base))
-            }
-            ureq::Error::Io(_)
-            | ureq::Error::ConnectionFailed
-            | ureq::Error::HostNotFound
-            | ureq::Error::Timeout(_) => Failure::Unreachable(format!(
-                "cannot reach the API at {}: {err} (is mptcp-socksd running, with its API on that address?)",
-                self.base
-            )),
-            other => Failure::Api(format!("request to {} failed: {other}", self.base)),
-        }
-    }
-
-    /// The JSON body of a successful answer (`null` for 204), or the server's message.
-    fn expect_ok(&self, answer: Answer) -> Result<Value, Failure> {
-        let Answer { status, text } = answer;
-        if status.is_success() {
-            if text.trim().is_empty() {
-                return Ok(Value::Null);
-            }
-            return serde_json::from_str(&text)
-                .map_err(|err| Failure::Api(format!("the API answered with bad JSON: {err}")));
-        }
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| text.trim().to_owned());
-        let mut message = format!("{message} (HTTP {})", status.as_u16());
-        if status == StatusCode::UNAUTHORIZED {
-            message.push_str("; pass --token or set MPTCP_SOCKS_API_TOKEN");
-        }
-        Err(Failure::Api(message))
-    }
-}
-
-/// How long one exchange with the API may take.
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// One HTTP/1.1 request over the Unix socket at `socket`, and the raw answer (the server
-/// closes after it: `Connection: close`).
-fn unix_exchange(
-    socket: &Path,
-    method: &str,
-    target: &str,
-    auth: Option<&str>,
-    body: Option<&str>,
-) -> std::io::Result<Vec<u8>> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    // The daemon does not check Host on its Unix socket, but HTTP/1.1 requires one.
-    let mut request = format!(
-        "{method} {target} HTTP/1.1\r\nHost: localhost\r\nAccept: application/json\r\nConnection: close\r\n"
-    );
-    if let Some(auth) = auth {
-        let _ = write!(request, "Authorization: {auth}\r\n");
-    }
-    if let Some(body) = body {
-        let _ = write!(
-            request,
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-    }
-    request.push_str("\r\n");
-    request.push_str(body.unwrap_or_default());
-    stream.write_all(request.as_bytes())?;
-    let mut answer = Vec::new();
-    stream.take(ANSWER_LIMIT).read_to_end(&mut answer)?;
-    Ok(answer)
-}
-
-/// The status and body of a raw HTTP/1.1 answer, with a chunked body decoded.
-fn parse_answer(raw: &[u8]) -> Result<(StatusCode, Vec<u8>), String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("the answer has no complete header")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "the header is not UTF-8")?;
-    let body = &raw[end + 4..];
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse::<u16>().ok())
-        .and_then(|code| StatusCode::from_u16(code).ok())
-        .ok_or_else(|| format!("not an HTTP status line: {status_line:?}"))?;
-    let mut chunked = false;
-    let mut length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| "bad Content-Length")?);
-        }
-    }
-    if chunked {
-        return dechunk(body).map(|body| (status, body));
-    }
-    match length {
-        Some(length) if length > body.len() => Err("the answer was cut short".into()),
-        Some(length) => Ok((status, body[..length].to_vec())),
-        None => Ok((status, body.to_vec())),
-    }
-}
-
-fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = raw
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("a chunk was cut short")?;
-        let size_text = std::str::from_utf8(&raw[..line_end]).map_err(|_| "bad chunk size")?;
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16).map_err(|_| "bad chunk size")?;
-        raw = &raw[line_end + 2..];
-        if size == 0 {
-            return Ok(body);
-        }
-        let chunk = raw.get(..size).ok_or("a chunk was cut short")?;
-        body.extend_from_slice(chunk);
-        raw = raw.get(size + 2..).ok_or("a chunk was cut short")?;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn raw_answers_parse() {
-        let plain = b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
-        assert_eq!(
-            parse_answer(plain),
-            Ok((StatusCode::CREATED, b"{}".to_vec()))
-        );
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n[1,\r\n2;x=y\r\n2]\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_answer(chunked),
-            Ok((StatusCode::OK, b"[1,2]".to_vec()))
-        );
-        let empty = b"HTTP/1.1 204 No Content\r\n\r\n";
-        assert_eq!(
-            parse_answer(empty),
-            Ok((StatusCode::NO_CONTENT, Vec::new()))
-        );
-        for bad in [
-            &b"HTTP/1.1 200 OK\r\n"[..],
-            b"SSH-2.0-x\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n{}",
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nff\r\nab",
-        ] {
-            assert!(
-                parse_answer(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-    }
 
     #[test]
     fn byte_counts_read_as_operators_expect() {
