@@ -15,26 +15,11 @@ use std::path::Path;
 /// # Errors
 /// When the limit cannot be read or set.
 pub fn raise_fd_limit() -> io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io::Error::last_os_error());
+    let (soft, hard) = mptcp_policy::fd_limit()?;
+    if soft < hard {
+        mptcp_policy::set_fd_limit(hard, hard)?;
     }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        limit = raised;
-    }
-    Ok(limit.rlim_cur)
+    Ok(hard)
 }
 
 /// [`raise_fd_limit`], logged: the limit the daemon sizes its connection cap from (1024,
@@ -178,16 +163,8 @@ mod tests {
     #[test]
     fn the_fd_limit_is_raised_to_the_hard_limit() -> io::Result<()> {
         let raised = raise_fd_limit()?;
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: getrlimit writes one rlimit into the struct we own.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
-        assert_eq!((limit.rlim_cur, raised), (limit.rlim_max, limit.rlim_max));
+        let (soft, hard) = mptcp_policy::fd_limit()?;
+        assert_eq!((soft, raised), (hard, hard));
         Ok(())
     }
 }

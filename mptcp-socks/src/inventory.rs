@@ -2,9 +2,10 @@
 //! (`ip mptcp endpoint`), kept in one place so that everyone who shows or uses them (an
 //! operator API, the userspace path manager) sees the same list.
 
-use std::ffi::CStr;
 use std::net::IpAddr;
 use std::sync::{Arc, PoisonError, RwLock};
+
+pub use mptcp_policy::interface_name;
 
 /// One local address the operator made available for subflows: an entry of the kernel's
 /// endpoint list (`ip mptcp endpoint show`), which both path-manager modes use.
@@ -25,24 +26,6 @@ impl LocalEndpoint {
     pub fn interface(&self) -> Option<String> {
         self.ifindex.and_then(interface_name)
     }
-}
-
-/// The name of the interface with index `ifindex` in the network namespace of the calling
-/// thread, or `None` if there is none.
-///
-/// Asked of the kernel rather than read from `/sys/class/net`, which shows the interfaces
-/// of the namespace `/sys` was mounted in: a thread that entered another namespace with
-/// `setns` would get the wrong names.
-pub fn interface_name(ifindex: u32) -> Option<String> {
-    let mut name: [libc::c_char; libc::IF_NAMESIZE] = [0; libc::IF_NAMESIZE];
-    // SAFETY: `name` has the IF_NAMESIZE bytes if_indextoname may write, NUL included.
-    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
-    if found.is_null() {
-        return None;
-    }
-    // SAFETY: on success the kernel's name was copied into `name`, NUL-terminated.
-    let name = unsafe { CStr::from_ptr(name.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
 }
 
 /// The local address inventory, shared between whoever keeps it current

@@ -1,4 +1,5 @@
-//! Copying both ways between client and outbound socket, with an idle timeout.
+//! Copying both ways between client and outbound socket, with an idle timeout, and what
+//! the subflows of a relayed MPTCP connection carried.
 
 use std::io;
 use std::pin::Pin;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
+use mptcp_policy::SubflowInfo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -144,5 +146,64 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Completes when nothing has moved for `limit` (returning how long), never without one.
+/// One timer per connection, re-armed only when it fires: no cost per byte.
+pub(crate) async fn idle_for(activity: &Activity, limit: Option<Duration>) -> Duration {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    loop {
+        let idle = activity.idle();
+        if idle >= limit {
+            return idle;
+        }
+        tokio::time::sleep(limit - idle).await;
+    }
+}
+
+/// How often a relayed MPTCP connection's subflows are read for its closing log line.
+pub(crate) const SUBFLOW_SAMPLE: Duration = Duration::from_secs(1);
+
+/// Every subflow a connection had, with the most bytes each was seen to carry.
+#[derive(Debug, Default)]
+pub(crate) struct SubflowsSeen(Vec<SubflowInfo>);
+
+impl SubflowsSeen {
+    pub(crate) fn sample(&mut self, socket: &impl std::os::fd::AsFd) {
+        let Ok(Some(now)) = mptcp_policy::subflows(socket) else {
+            return;
+        };
+        for subflow in now {
+            let same =
+                |s: &&mut SubflowInfo| s.local == subflow.local && s.remote == subflow.remote;
+            match self.0.iter_mut().find(same) {
+                Some(known) => {
+                    known.bytes_acked = known.bytes_acked.max(subflow.bytes_acked);
+                    known.bytes_received = known.bytes_received.max(subflow.bytes_received);
+                }
+                None => self.0.push(subflow),
+            }
+        }
+    }
+
+    /// `10.0.1.1->10.0.1.2:80 8.1 MB, 10.0.2.1->10.0.1.2:80 8.4 MB`: what each subflow
+    /// carried, both directions together.
+    pub(crate) fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|s| {
+                let bytes = s.bytes_acked + s.bytes_received;
+                format!(
+                    "{}->{} {:.1} MB",
+                    s.local.ip(),
+                    s.remote,
+                    bytes as f64 / 1e6
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

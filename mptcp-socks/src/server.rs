@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use mptcp_policy::{SubflowInfo, Transport};
+use mptcp_policy::Transport;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -21,7 +21,7 @@ use crate::guard::{
 };
 use crate::policy_handle::PolicyHandle;
 use crate::registry::{Connection, Connections};
-use crate::relay::{Activity, SharedStream, Watched};
+use crate::relay::{Activity, SUBFLOW_SAMPLE, SharedStream, SubflowsSeen, Watched, idle_for};
 use crate::resolve::NameResolver;
 use crate::socks5::{self, Command, Reply, TargetAddr};
 use crate::stats::Stats;
@@ -478,65 +478,6 @@ where
         "{outcome}"
     );
     Ok(())
-}
-
-/// Completes when nothing has moved for `limit` (returning how long), never without one.
-/// One timer per connection, re-armed only when it fires: no cost per byte.
-async fn idle_for(activity: &Activity, limit: Option<Duration>) -> Duration {
-    let Some(limit) = limit else {
-        return std::future::pending().await;
-    };
-    loop {
-        let idle = activity.idle();
-        if idle >= limit {
-            return idle;
-        }
-        tokio::time::sleep(limit - idle).await;
-    }
-}
-
-/// How often a relayed MPTCP connection's subflows are read for its closing log line.
-const SUBFLOW_SAMPLE: Duration = Duration::from_secs(1);
-
-/// Every subflow a connection had, with the most bytes each was seen to carry.
-#[derive(Debug, Default)]
-struct SubflowsSeen(Vec<SubflowInfo>);
-
-impl SubflowsSeen {
-    fn sample(&mut self, socket: &impl std::os::fd::AsFd) {
-        let Ok(Some(now)) = mptcp_policy::subflows(socket) else {
-            return;
-        };
-        for subflow in now {
-            let same =
-                |s: &&mut SubflowInfo| s.local == subflow.local && s.remote == subflow.remote;
-            match self.0.iter_mut().find(same) {
-                Some(known) => {
-                    known.bytes_acked = known.bytes_acked.max(subflow.bytes_acked);
-                    known.bytes_received = known.bytes_received.max(subflow.bytes_received);
-                }
-                None => self.0.push(subflow),
-            }
-        }
-    }
-
-    /// `10.0.1.1->10.0.1.2:80 8.1 MB, 10.0.2.1->10.0.1.2:80 8.4 MB`: what each subflow
-    /// carried, both directions together.
-    fn describe(&self) -> String {
-        self.0
-            .iter()
-            .map(|s| {
-                let bytes = s.bytes_acked + s.bytes_received;
-                format!(
-                    "{}->{} {:.1} MB",
-                    s.local.ip(),
-                    s.remote,
-                    bytes as f64 / 1e6
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 /// Greeting, authentication and request, up to the point where the connect step begins.

@@ -1,0 +1,540 @@
+//! The rule file and the live policy, kept in step.
+//!
+//! [`RuleStore`] is the only writer of the rule file. Every change (from the REST API or
+//! from a hand edit noticed by the watcher) happens under one async mutex, so two writers
+//! can never interleave and an update is never lost. A change is acknowledged only after
+//! the whole file has been written atomically and fsynced; only then is the new policy
+//! published to the connections (lock-free, through [`PolicyHandle`]).
+//!
+//! The file is trusted only as sshd's `StrictModes` would trust it (see [`strict`]): on
+//! open, on every reload and before every write, the way to it is checked, and a file
+//! that someone other than root and the daemon's user could change is neither read nor
+//! written. Its size and rule count are capped.
+
+mod error;
+mod file;
+mod strict;
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mptcp_policy::{Destination, KernelSupport, Limitation, PmMode, Policy, Rule, limitations};
+use mptcp_socks::PolicyHandle;
+
+pub use self::error::{ReloadError, Reloaded, StoreError};
+use self::file::{Identity, Limits, position, read_bounded, write_atomically};
+use self::strict::{Refusal, Resolved};
+use crate::host::KernelProbe;
+
+/// The rule file and the live policy. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct RuleStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The rule file, as given by the operator.
+    path: PathBuf,
+    /// What the connections read, lock-free. Only ever stored to under `write_lock`.
+    policy: PolicyHandle,
+    /// Serializes every read-modify-write of the file and every reload, so that none is
+    /// lost and the handle never goes back to an older policy.
+    write_lock: tokio::sync::Mutex<()>,
+    /// The last reload that failed, cleared by the next good one.
+    last_reload_error: Mutex<Option<ReloadError>>,
+    /// What a loaded file is checked against: a rule this kernel refuses still loads
+    /// (files move between hosts), with a warning.
+    kernel: KernelProbe,
+    /// The daemon's effective uid: with root, the only owner trusted for the rule file,
+    /// the links to it and the directories on the way.
+    euid: u32,
+    /// The file as last loaded (or written by us), `None` after a refusal. A reload that
+    /// finds the same file does not read it again: the watcher cannot tell our own reads
+    /// and writes from an edit, and reading the file wakes it, so without this every
+    /// reload would cause the next, and a broken file would be reported again and again.
+    last_read: Mutex<Option<Identity>>,
+    /// How many times the file's content was read: shows (to tests, say) that the watcher
+    /// settles after a change.
+    reads: AtomicU64,
+    /// The caps on size and rule count.
+    limits: Limits,
+}
+
+impl fmt::Debug for RuleStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RuleStore")
+            .field("path", &self.inner.path)
+            .field("rules", &self.inner.policy.load().rules().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RuleStore {
+    /// Loads the rule file at `path` into `policy` and returns the store that owns both.
+    ///
+    /// A missing file is an empty policy; the file is created on the first change.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Read`] if the file exists but cannot be read, [`StoreError::Parse`]
+    /// (with line number and an excerpt) if it does not parse: better to refuse to start
+    /// than to serve a policy the operator did not write. [`StoreError::Unsafe`] if
+    /// someone other than root and the daemon's user could change it (see [`strict`]),
+    /// [`StoreError::TooLarge`], [`StoreError::TooManyRules`] or [`StoreError::NotUtf8`]
+    /// for a file beyond the caps or not text.
+    ///
+    /// A rule naming a scheduler or path manager this kernel does not have loads all the
+    /// same, with a warning naming its line: the file may have been written for another
+    /// host, and such connections get the namespace's scheduler.
+    pub fn open(path: impl Into<PathBuf>, policy: PolicyHandle) -> Result<Self, StoreError> {
+        RuleStore::open_with(path, policy, KernelProbe::live())
+    }
+
+    /// [`RuleStore::open`], checking the rules against the kernel `kernel` reports (on
+    /// open and on every reload) instead of this one.
+    ///
+    /// # Errors
+    ///
+    /// As for [`RuleStore::open`].
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        policy: PolicyHandle,
+        kernel: KernelProbe,
+    ) -> Result<Self, StoreError> {
+        RuleStore::open_limited(path.into(), policy, kernel, Limits::DEFAULT)
+    }
+
+    fn open_limited(
+        path: PathBuf,
+        policy: PolicyHandle,
+        kernel: KernelProbe,
+        limits: Limits,
+    ) -> Result<Self, StoreError> {
+        let euid = strict::effective_uid().map_err(|source| StoreError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let inner = Inner {
+            path,
+            policy,
+            write_lock: tokio::sync::Mutex::new(()),
+            last_reload_error: Mutex::new(None),
+            kernel,
+            euid,
+            last_read: Mutex::new(None),
+            reads: AtomicU64::new(0),
+            limits,
+        };
+        let resolved = inner.resolve()?;
+        let loaded = match inner.read_policy(&resolved, true)? {
+            Some((Ok(loaded), _)) => loaded,
+            Some((Err(source), _)) => {
+                return Err(StoreError::Parse {
+                    path: inner.path,
+                    source,
+                });
+            }
+            None => Policy::default(),
+        };
+        tracing::info!(
+            path = %inner.path.display(),
+            rules = loaded.rules().len(),
+            "loaded rule file"
+        );
+        warn_unavailable(&inner.path, &loaded, &inner.kernel.get());
+        inner.policy.store(loaded);
+        Ok(RuleStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The rule file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The real path of the rule file (a symlink followed), if it is safe to use.
+    pub(crate) fn target(&self) -> Option<PathBuf> {
+        self.inner.resolve().ok().map(|resolved| resolved.target)
+    }
+
+    /// How many times the rule file's content has been read (on open, on reloads that
+    /// found a changed file, before API changes). A reload that finds the file last read
+    /// only looks at its metadata.
+    pub fn reads(&self) -> u64 {
+        self.inner.reads.load(Ordering::Relaxed)
+    }
+
+    /// The policy in force now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.inner.policy.load()
+    }
+
+    /// The handle the SOCKS server reads the policy from.
+    pub fn handle(&self) -> &PolicyHandle {
+        &self.inner.policy
+    }
+
+    /// The last failed reload, if the last reload failed.
+    pub fn last_reload_error(&self) -> Option<ReloadError> {
+        self.inner
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Creates or replaces the rule for `rule.destination`; returns the rule it replaced.
+    ///
+    /// Returns only once the new file is on disk; then the new policy is in force.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Write`] if the file cannot be written (the policy in force is then
+    /// unchanged), [`StoreError::BrokenOnDisk`] if a hand edit left the file unparsable,
+    /// [`StoreError::Read`] if it cannot be read, [`StoreError::Unsafe`] if it is not
+    /// safe to read or write (see [`strict`]), [`StoreError::TooLarge`] or
+    /// [`StoreError::TooManyRules`] if the file is beyond the caps or the change would
+    /// take it there, [`StoreError::NotUtf8`] if it is not text.
+    pub async fn upsert(&self, rule: Rule) -> Result<Option<Rule>, StoreError> {
+        self.modify(move |policy| {
+            if policy.get(&rule.destination) == Some(&rule) {
+                return (Some(rule), false);
+            }
+            (policy.upsert(rule), true)
+        })
+        .await
+    }
+
+    /// Removes the rule for `destination`; returns it, or `None` if there was none (then
+    /// the file is not touched).
+    ///
+    /// # Errors
+    ///
+    /// As for [`RuleStore::upsert`].
+    pub async fn remove(&self, destination: &Destination) -> Result<Option<Rule>, StoreError> {
+        let destination = destination.clone();
+        self.modify(move |policy| {
+            let removed = policy.remove(&destination);
+            let changed = removed.is_some();
+            (removed, changed)
+        })
+        .await
+    }
+
+    /// Reads the rule file again and puts it in force if it parses. A broken file is
+    /// logged and recorded (see [`RuleStore::last_reload_error`]); the policy in force stays.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Read`], [`StoreError::Parse`] or another reason not to load the file
+    /// (as for [`RuleStore::open`]); each is also recorded.
+    pub async fn reload(&self) -> Result<Reloaded, StoreError> {
+        let _guard = self.inner.write_lock.lock().await;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.reload_locked())
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+    }
+
+    /// [`RuleStore::reload`] for a thread outside the async runtime (the file watcher's).
+    pub(crate) fn reload_blocking(&self) -> Result<Reloaded, StoreError> {
+        let _guard = self.inner.write_lock.blocking_lock();
+        self.inner.reload_locked()
+    }
+
+    /// The one read-modify-write path: under the lock, start from what is on disk (so a
+    /// hand edit the watcher has not picked up yet is not overwritten), apply `change`,
+    /// write the file, and only then publish the new policy.
+    async fn modify<T>(
+        &self,
+        change: impl FnOnce(&mut Policy) -> (T, bool) + Send + 'static,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+    {
+        let _guard = self.inner.write_lock.lock().await;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.modify_locked(change))
+            .await
+            .unwrap_or_else(|join| std::panic::resume_unwind(join.into_panic()))
+    }
+}
+
+impl Inner {
+    fn modify_locked<T>(
+        &self,
+        change: impl FnOnce(&mut Policy) -> (T, bool),
+    ) -> Result<T, StoreError> {
+        let resolved = self.resolve()?;
+        let in_force = self.policy.load();
+        // Not remembered as loaded: a broken edit found here must still be reported by
+        // the reload its change triggers.
+        let mut next = match self.read_policy(&resolved, false)? {
+            Some((Ok(on_disk), _)) => {
+                if on_disk != *in_force {
+                    tracing::info!(
+                        path = %self.path.display(),
+                        "rule file was edited by hand; applying the change on top of the edit"
+                    );
+                    warn_unavailable(&self.path, &on_disk, &self.kernel.get());
+                }
+                on_disk
+            }
+            Some((Err(source), _)) => {
+                return Err(StoreError::BrokenOnDisk {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+            // Deleted (or never written): what is in force is the truth; writing brings
+            // the file back.
+            None => Policy::clone(&in_force),
+        };
+        let (result, changed) = change(&mut next);
+        if changed || next != *in_force {
+            if changed {
+                // Never write what the next load would refuse.
+                if next.len() > self.limits.max_rules {
+                    return Err(StoreError::TooManyRules {
+                        path: self.path.clone(),
+                        rules: next.len(),
+                        limit: self.limits.max_rules,
+                    });
+                }
+                let text = next.to_string();
+                if text.len() as u64 > self.limits.max_bytes {
+                    return Err(StoreError::TooLarge {
+                        path: self.path.clone(),
+                        limit: self.limits.max_bytes,
+                    });
+                }
+                let written = write_atomically(&resolved, text.as_bytes()).map_err(|source| {
+                    StoreError::Write {
+                        path: self.path.clone(),
+                        source,
+                    }
+                })?;
+                // What is on disk now is what is in force: the reload our write triggers
+                // has nothing to read.
+                *lock(&self.last_read) = Some(written);
+            }
+            self.policy.store(next);
+        }
+        self.clear_reload_error();
+        Ok(result)
+    }
+
+    fn reload_locked(&self) -> Result<Reloaded, StoreError> {
+        let resolved = match self.resolve() {
+            Ok(resolved) => resolved,
+            Err(err) => {
+                // Once the refusal is fixed, the file must be read again.
+                lock(&self.last_read).take();
+                self.record_reload_error(&err);
+                return Err(err);
+            }
+        };
+        if let Some(meta) = &resolved.meta
+            && *lock(&self.last_read) == Some(Identity::of(meta))
+        {
+            return Ok(Reloaded::Unchanged);
+        }
+        let outcome = match self.read_policy(&resolved, true) {
+            // An editor writing in place truncates first: a zero-byte file is a write
+            // in progress, not "no rules" (the writer always ends a file with '.').
+            Ok(Some((_, text))) if text.is_empty() => {
+                tracing::debug!(path = %self.path.display(), "rule file is empty; waiting for its content");
+                return Ok(Reloaded::Unchanged);
+            }
+            Ok(Some((Ok(on_disk), _))) => on_disk,
+            Ok(Some((Err(source), _))) => {
+                let err = StoreError::Parse {
+                    path: self.path.clone(),
+                    source,
+                };
+                self.record_reload_error(&err);
+                return Err(err);
+            }
+            Ok(None) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "rule file is gone; keeping the rules in force (they are written back on the next change)"
+                );
+                return Ok(Reloaded::Missing);
+            }
+            Err(err) => {
+                self.record_reload_error(&err);
+                return Err(err);
+            }
+        };
+        self.clear_reload_error();
+        if outcome == *self.policy.load() {
+            return Ok(Reloaded::Unchanged);
+        }
+        let rules = outcome.rules().len();
+        self.policy.store(outcome);
+        tracing::info!(path = %self.path.display(), rules, "reloaded rule file");
+        warn_unavailable(&self.path, &self.policy.load(), &self.kernel.get());
+        Ok(Reloaded::Changed { rules })
+    }
+
+    fn record_reload_error(&self, err: &StoreError) {
+        let line = match err {
+            StoreError::Parse { source, .. } => source.line(),
+            StoreError::NotUtf8 { line, .. } => Some(*line),
+            _ => None,
+        };
+        tracing::error!("{err}; the previous rules stay in force until the file is fixed");
+        let at_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        *self
+            .last_reload_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(ReloadError {
+            message: err.to_string(),
+            line,
+            at_unix,
+        });
+    }
+
+    fn clear_reload_error(&self) {
+        self.last_reload_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+}
+
+impl Inner {
+    /// Where the file really is, if it is safe to read and write (see [`strict`]).
+    fn resolve(&self) -> Result<Resolved, StoreError> {
+        strict::resolve(&self.path, self.euid).map_err(|refusal| match refusal {
+            Refusal::Unsafe(reason) => StoreError::Unsafe {
+                path: self.path.clone(),
+                reason,
+            },
+            Refusal::Io(source) => StoreError::Read {
+                path: self.path.clone(),
+                source,
+            },
+        })
+    }
+
+    /// `Ok(None)` if the file does not exist; otherwise the parse result and the text (a
+    /// leading byte-order mark taken off). `remember`: record what was read as the file
+    /// last loaded (see `last_read`), whatever its content.
+    fn read_policy(
+        &self,
+        resolved: &Resolved,
+        remember: bool,
+    ) -> Result<Option<OnDisk>, StoreError> {
+        let read_error = |source| StoreError::Read {
+            path: self.path.clone(),
+            source,
+        };
+        if remember {
+            lock(&self.last_read).take();
+        }
+        if resolved.meta.is_none() {
+            return Ok(None);
+        }
+        let file = match File::open(&resolved.target) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(read_error(err)),
+        };
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        // The metadata of what is read, taken before reading: a change made while we
+        // read changes it, and the reload that change triggers reads again.
+        let meta = file.metadata().map_err(read_error)?;
+        if remember {
+            *lock(&self.last_read) = Some(Identity::of(&meta));
+        }
+        let too_large = || StoreError::TooLarge {
+            path: self.path.clone(),
+            limit: self.limits.max_bytes,
+        };
+        if meta.len() > self.limits.max_bytes {
+            return Err(too_large());
+        }
+        let bytes = read_bounded(file, self.limits.max_bytes).map_err(read_error)?;
+        if bytes.len() as u64 > self.limits.max_bytes {
+            return Err(too_large());
+        }
+        let mut text = String::from_utf8(bytes).map_err(|err| {
+            let (line, column) = position(err.as_bytes(), err.utf8_error().valid_up_to());
+            StoreError::NotUtf8 {
+                path: self.path.clone(),
+                line,
+                column,
+            }
+        })?;
+        // Some Windows editors start a UTF-8 file with one.
+        if text.starts_with('\u{feff}') {
+            text.drain(..'\u{feff}'.len_utf8());
+        }
+        let parsed = Policy::parse(&text);
+        if let Ok(policy) = &parsed
+            && policy.len() > self.limits.max_rules
+        {
+            return Err(StoreError::TooManyRules {
+                path: self.path.clone(),
+                rules: policy.len(),
+                limit: self.limits.max_rules,
+            });
+        }
+        Ok(Some((parsed, text)))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What [`Inner::read_policy`] found: the parse result and the text it came from.
+type OnDisk = (Result<Policy, mptcp_policy::Error>, String);
+
+/// The rules of `policy` (as read from the file) that `kernel` cannot carry out, with
+/// their 1-based line numbers: those the REST API would refuse.
+pub(crate) fn refused_lines<'a>(
+    policy: &'a Policy,
+    kernel: &KernelSupport,
+) -> Vec<(usize, &'a Rule, Limitation)> {
+    let mut found = Vec::new();
+    // Every rule of a policy read from a file has its line; one given at run time is in
+    // no file, so there is no line to point at.
+    for (rule, line) in policy.rules_with_lines() {
+        let Some(line) = line else { continue };
+        // Refusals do not depend on the path-manager mode.
+        for limitation in limitations(&rule.settings, kernel, PmMode::InKernel) {
+            if limitation.is_refusal() {
+                found.push((line, rule, limitation));
+            }
+        }
+    }
+    found
+}
+
+/// Warns once per rule of `policy` (as read from the file) that asks for what `kernel`
+/// does not have.
+fn warn_unavailable(path: &Path, policy: &Policy, kernel: &KernelSupport) {
+    for (line, rule, limitation) in refused_lines(policy, kernel) {
+        tracing::warn!(
+            path = %path.display(),
+            line,
+            "rule file line {line} ({}): {limitation}; the rule is loaded (the file may be \
+             meant for another host)",
+            rule.destination
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;
