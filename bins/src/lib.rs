@@ -26,6 +26,8 @@
 //! manager runs, with the rule store and the live connections to look at;
 //! [`Daemon::serve`] then serves SOCKS5 clients until shutdown.
 
+#![warn(missing_docs)]
+
 mod api;
 mod cli;
 mod client;

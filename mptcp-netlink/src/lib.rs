@@ -51,12 +51,16 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod attrs;
 mod client;
 mod error;
 mod events;
 mod family;
 mod types;
+// Each constant has the kernel header's name; the comment above each group names its enum.
+#[allow(missing_docs)]
 pub mod uapi;
 
 pub use client::PmClient;

@@ -105,12 +105,15 @@
 //! After connecting, [`transport`] tells MPTCP, fallback and plain TCP apart and
 //! [`mptcp_info`] reads the subflow count.
 
+#![warn(missing_docs)]
+
 mod effect;
 mod error;
 mod kernel;
 mod keyword;
 mod policy;
 mod rule;
+#[allow(unsafe_code)] // the one module with system calls
 mod sys;
 
 pub use effect::{Limitation, PmMode, limitations};

@@ -70,6 +70,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod config;
 mod connect;
 mod error;

@@ -6,28 +6,11 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use mptcp_socks::policy::{fd_limit, set_fd_limit};
 use mptcp_socks::{PolicyHandle, ServerConfig, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-
-fn nofile() -> Result<libc::rlimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    ensure!(rc == 0, "getrlimit: {}", std::io::Error::last_os_error());
-    Ok(limit)
-}
-
-fn set_nofile(limit: libc::rlimit) -> Result<()> {
-    // SAFETY: setrlimit only reads the struct.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
-    ensure!(rc == 0, "setrlimit: {}", std::io::Error::last_os_error());
-    Ok(())
-}
 
 fn open_fds() -> Result<u64> {
     Ok(std::fs::read_dir("/proc/self/fd")?.count().try_into()?)
@@ -89,11 +72,8 @@ async fn server_keeps_serving_after_running_out_of_descriptors() -> Result<()> {
         socks_connect_ok(proxy, target_addr).await?;
 
         // Leave room for a few client sockets but not for the server's accepted ones too.
-        let original = nofile()?;
-        set_nofile(libc::rlimit {
-            rlim_cur: open_fds()? + 4,
-            rlim_max: original.rlim_max,
-        })?;
+        let (soft, hard) = fd_limit()?;
+        set_fd_limit(open_fds()? + 4, hard)?;
         let mut clients = Vec::new();
         for _ in 0..8 {
             if let Ok(stream) = TcpStream::connect(proxy).await {
@@ -102,7 +82,7 @@ async fn server_keeps_serving_after_running_out_of_descriptors() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(400)).await;
         drop(clients);
-        set_nofile(original)?;
+        set_fd_limit(soft, hard)?;
 
         ensure!(!server.is_finished(), "server stopped after EMFILE");
         socks_connect_ok(proxy, target_addr)

@@ -35,9 +35,9 @@ const MPTCP_SUBFLOW_ADDRS: libc::c_int = 3;
 
 /// Socket options of the legacy multipath-tcp.org kernel, all at level `SOL_TCP`.
 pub(crate) mod legacy {
-    pub const MPTCP_ENABLED: libc::c_int = 42;
-    pub const MPTCP_SCHEDULER: libc::c_int = 43;
-    pub const MPTCP_PATH_MANAGER: libc::c_int = 44;
+    pub(crate) const MPTCP_ENABLED: libc::c_int = 42;
+    pub(crate) const MPTCP_SCHEDULER: libc::c_int = 43;
+    pub(crate) const MPTCP_PATH_MANAGER: libc::c_int = 44;
 }
 
 /// How [`open_outbound`] opened a socket.
