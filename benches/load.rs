@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use mptcp_test_support::socks::{self, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -431,39 +432,12 @@ impl Via {
         };
         let mut conn = TcpStream::connect(proxy).await?;
         conn.set_nodelay(true)?;
-        socks5_connect(&mut conn, target).await?;
+        // SOCKS5, no authentication, CONNECT to an IPv4 address, in raw bytes.
+        socks::handshake(&mut conn, Target::Addr(target.into()), None, socks::CONNECT)
+            .await?
+            .ensure_succeeded()?;
         Ok(conn)
     }
-}
-
-/// SOCKS5, no authentication, CONNECT to an IPv4 address (RFC 1928), in raw bytes.
-async fn socks5_connect(conn: &mut TcpStream, target: SocketAddrV4) -> io::Result<()> {
-    let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
-    conn.write_all(&[5, 1, 0]).await?;
-    let mut choice = [0u8; 2];
-    conn.read_exact(&mut choice).await?;
-    if choice != [5, 0] {
-        return Err(bad(format!("greeting refused: {choice:?}")));
-    }
-    let mut request = vec![5, 1, 0, 1];
-    request.extend_from_slice(&target.ip().octets());
-    request.extend_from_slice(&target.port().to_be_bytes());
-    conn.write_all(&request).await?;
-    let mut head = [0u8; 4];
-    conn.read_exact(&mut head).await?;
-    if head[0] != 5 || head[1] != 0 {
-        return Err(bad(format!("CONNECT refused: reply {head:?}")));
-    }
-    // The bound address, which we do not need, then the port.
-    let rest = match head[3] {
-        1 => 4 + 2,
-        4 => 16 + 2,
-        3 => usize::from(conn.read_u8().await?) + 2,
-        atyp => return Err(bad(format!("unknown address type {atyp}"))),
-    };
-    let mut skip = vec![0u8; rest];
-    conn.read_exact(&mut skip).await?;
-    Ok(())
 }
 
 struct Targets {

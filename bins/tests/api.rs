@@ -6,7 +6,7 @@
 mod common;
 
 use common::daemon::ctl;
-use common::socks;
+use mptcp_test_support::socks::blocking as socks;
 
 use std::fs;
 use std::io::{Read, Write};

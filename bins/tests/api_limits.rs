@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use common::daemon::{ctl, start_in_proxy};
-use common::netns::{Ns, Topology};
 use mptcp_socks::PolicyHandle;
 use mptcp_socksd::{Api, ApiLimits, RuleStore};
+use mptcp_test_support::netns::{Ns, Topology};
 use serde_json::Value;
 
 /// Small limits, so the tests see them act within a second or two.

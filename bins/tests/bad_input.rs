@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::daemon::{Daemon, curl};
-use common::socks::{self, Answer, Target};
+use mptcp_test_support::socks::blocking::{self as socks, Answer, Target};
 
 const USER: (&str, &str) = ("alice", "s3cret");
 
@@ -74,7 +74,7 @@ fn bad_clients_get_their_error_and_the_daemon_keeps_serving() {
 
     // A wrong password gets the RFC 1929 failure status and a closed connection.
     let mut s = fresh(&daemon);
-    let answer = socks::request(&mut s, Target::Addr(echo), Some((USER.0, "wrong")), 1);
+    let answer = socks::handshake(&mut s, Target::Addr(echo), Some((USER.0, "wrong")), 1);
     assert!(
         matches!(answer, Ok(Answer::AuthRefused(status)) if status != 0),
         "{answer:?}"
@@ -83,7 +83,7 @@ fn bad_clients_get_their_error_and_the_daemon_keeps_serving() {
 
     // No password offered when one is required: no acceptable method (0xFF).
     let mut s = fresh(&daemon);
-    let answer = socks::request(&mut s, Target::Addr(echo), None, 1);
+    let answer = socks::handshake(&mut s, Target::Addr(echo), None, 1);
     assert!(
         matches!(answer, Ok(Answer::AuthRefused(0xFF))),
         "{answer:?}"
@@ -92,7 +92,7 @@ fn bad_clients_get_their_error_and_the_daemon_keeps_serving() {
     // BIND and an undefined command: 0x07, command not supported.
     for command in [2u8, 9] {
         let mut s = fresh(&daemon);
-        let answer = socks::request(&mut s, Target::Addr(echo), Some(USER), command);
+        let answer = socks::handshake(&mut s, Target::Addr(echo), Some(USER), command);
         assert!(
             matches!(answer, Ok(Answer::Reply(7))),
             "command {command}: {answer:?}"
@@ -102,7 +102,7 @@ fn bad_clients_get_their_error_and_the_daemon_keeps_serving() {
 
     // A name that does not exist: 0x04, host unreachable.
     let mut s = fresh(&daemon);
-    let answer = socks::request(
+    let answer = socks::handshake(
         &mut s,
         Target::Name("no-such-host.invalid", 80),
         Some(USER),
@@ -298,7 +298,7 @@ fn password_from_a_file_and_a_forged_log_line_stays_one_escaped_line() {
     // A username carrying a newline, a forged log line and a terminal escape.
     let forged = "x\nINFO forged line\x1b[31m";
     let mut s = fresh(&daemon);
-    let answer = socks::request(&mut s, Target::Addr(echo), Some((forged, "wrong")), 1);
+    let answer = socks::handshake(&mut s, Target::Addr(echo), Some((forged, "wrong")), 1);
     assert!(
         matches!(answer, Ok(socks::Answer::AuthRefused(_))),
         "{answer:?}"

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use common::daemon::{Daemon, SOCKS_PORT, curl, start_in_proxy};
-use common::netns::{ConnReport, Ns, PathCounters, PatternServer, Proto, Topology};
-use common::socks::{self, Target};
+use mptcp_test_support::netns::{
+    self, ConnReport, Ns, PathCounters, PatternServer, Proto, Topology,
+};
+use mptcp_test_support::socks::blocking::{self as socks, Target};
 
 /// One path's shaped rate (`Options::default().rate_mbit`).
 const PATH_MBIT: f64 = 20.0;
@@ -165,7 +167,7 @@ fn rule_one_is_mptcp_over_both_paths_and_rest_switches_the_next_connection_to_tc
     let proxy = s.proxy();
     let client_ns = s.topo.name(Ns::Client).to_owned();
     let long = std::thread::spawn(move || {
-        common::netns::fetch_in_netns(&client_ns, 2 * MPTCP_BYTES, || {
+        netns::fetch_in_netns(&client_ns, 2 * MPTCP_BYTES, || {
             socks::connect(proxy, by_ip, None)
         })
     });
@@ -183,8 +185,8 @@ fn rule_one_is_mptcp_over_both_paths_and_rest_switches_the_next_connection_to_tc
     assert!(!report.mptcp, "rule 0 but the server saw MPTCP: {report:?}");
 
     // The old connection was not disturbed: intact, and MPTCP to the end.
-    let old = common::netns::join_transfer(long)
-        .context("the connection opened before the change broke")?;
+    let old =
+        netns::join_transfer(long).context("the connection opened before the change broke")?;
     let old_report = s.server.next_report(REPORT_WAIT)?;
     eprintln!(
         "connection opened before the change: {:.2} Mbit/s, {old_report:?}",

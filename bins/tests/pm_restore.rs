@@ -8,50 +8,29 @@ mod common;
 
 use std::fs::{self, File};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use common::netns::require_netns;
+use mptcp_test_support::netns::{Namespace, NsChild};
+use mptcp_test_support::require_netns;
 
 /// How long a daemon may take to switch or restore the sysctl (it does so at start).
 const SYSCTL_WAIT: Duration = Duration::from_secs(10);
 
-/// A namespace of this test's own; deleted on drop, with anything still running in it.
-struct Netns(String);
+/// A namespace of this test's own (deleted on drop, with anything still running in it),
+/// and what the test reads of it.
+struct Netns(Namespace);
 
 impl Netns {
     fn new() -> anyhow::Result<Self> {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("mptcp-pmtest-{}-{n}", std::process::id());
-        let out = Command::new("ip").args(["netns", "add", &name]).output()?;
-        ensure!(
-            out.status.success(),
-            "ip netns add {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(Netns(name))
-    }
-
-    fn exec(&self) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.0]);
-        cmd
+        Ok(Netns(Namespace::new("pmtest")?))
     }
 
     fn path_manager(&self) -> anyhow::Result<String> {
-        let out = self
-            .exec()
-            .args(["sysctl", "-n", "net.mptcp.path_manager"])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "sysctl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        let out = self.0.exec_ok("sysctl", ["-n", "net.mptcp.path_manager"])?;
+        Ok(out.trim().to_owned())
     }
 
     /// Waits, bounded, for the namespace's path manager to read `wanted`.
@@ -73,56 +52,25 @@ impl Netns {
 
     /// The marker a userspace daemon keeps for this namespace.
     fn marker(&self) -> anyhow::Result<String> {
-        let out = self
-            .exec()
-            .args(["stat", "-L", "-c", "%i", "/proc/self/ns/net"])
-            .output()?;
-        ensure!(out.status.success(), "stat of the namespace failed");
-        Ok(format!(
-            "/run/mptcp-socks/pm-{}",
-            String::from_utf8_lossy(&out.stdout).trim()
-        ))
+        let inode = self
+            .0
+            .exec_ok("stat", ["-L", "-c", "%i", "/proc/self/ns/net"])?;
+        Ok(format!("/run/mptcp-socks/pm-{}", inode.trim()))
     }
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.0]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<libc::pid_t>() {
-                    // SAFETY: plain syscall on a pid just listed in our own namespace.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// The daemon, killed on drop (`ip netns exec` execs it, so the child is the daemon).
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(ns: &Netns, mode: &str, rules: &Path, log: &Path) -> anyhow::Result<Running> {
-    let child = ns
-        .exec()
-        .arg(env!("CARGO_BIN_EXE_mptcp-socksd"))
-        .args(["--path-manager", mode, "-i", "127.0.0.1", "-p", "0"])
+/// Starts the daemon in `ns` with `--path-manager mode`, killed when the child is dropped
+/// (`ip netns exec` execs it, so the child is the daemon).
+fn start(ns: &Netns, mode: &str, rules: &Path, log: &Path) -> anyhow::Result<NsChild> {
+    let mut cmd = ns.0.command(env!("CARGO_BIN_EXE_mptcp-socksd"));
+    cmd.args(["--path-manager", mode, "-i", "127.0.0.1", "-p", "0"])
         .args(["--api", "off", "--policy"])
         .arg(rules)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(File::create(log)?)
-        .stderr(File::create(log.with_extension("err"))?)
-        .spawn()
-        .context("starting mptcp-socksd")?;
-    Ok(Running(child))
+        .stderr(File::create(log.with_extension("err"))?);
+    NsChild::spawn(&mut cmd).context("starting mptcp-socksd")
 }
 
 fn logs(log: &Path) -> String {
@@ -151,8 +99,8 @@ fn a_killed_userspace_daemon_is_cleaned_up_by_the_next_one() -> anyhow::Result<(
     ns.wait_for("userspace").with_context(|| logs(&first_log))?;
     // Checked last, so that on a daemon without markers the test fails on the sysctl.
     let had_marker = Path::new(&marker).exists();
-    first.0.kill()?;
-    first.0.wait()?;
+    first.kill()?;
+    first.wait()?;
     // Nobody ran the daemon's exit path: the namespace stays switched.
     ensure!(
         ns.path_manager()? == "userspace",
@@ -197,7 +145,7 @@ fn an_in_process_daemon_switches_its_threads_namespace_and_restores_it_on_stop()
     fs::write(&rules, "")?;
     let ns = Netns::new()?;
     let daemon = common::daemon::Daemon::in_process_in(
-        Some(&ns.0),
+        Some(ns.0.name()),
         [
             "--path-manager",
             "userspace",

@@ -13,8 +13,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, curl, start_in_proxy};
-use common::netns::{Ns, Topology};
-use common::socks::{self, Answer, Target};
+use mptcp_test_support::netns::{Ns, Topology};
+use mptcp_test_support::socks::blocking::{self as socks, Answer, Target};
 use socket2::{Domain, Socket, Type};
 
 /// An echo server on one listener in one namespace; stops accepting on drop. At most
@@ -104,7 +104,7 @@ fn ask(
     auth: Option<(&str, &str)>,
 ) -> io::Result<(Answer, TcpStream)> {
     let mut stream = dial(topo, source, daemon.socks)?;
-    let answer = socks::request(&mut stream, target, auth, 1)?;
+    let answer = socks::handshake(&mut stream, target, auth, 1)?;
     Ok((answer, stream))
 }
 
@@ -253,7 +253,7 @@ fn a_client_at_its_cap_does_not_keep_another_client_out() {
         .collect();
     // Over its cap: closed at once, before the greeting is answered.
     let mut over = dial(&topo, first, daemon.socks).expect("TCP connect");
-    let answer = socks::request(&mut over, target, None, 1);
+    let answer = socks::handshake(&mut over, target, None, 1);
     assert!(answer.is_err(), "the fifth connection got {answer:?}");
 
     let started = Instant::now();
@@ -317,7 +317,7 @@ fn a_public_client_is_refused_without_auth_unless_the_flag_opens_it() {
     {
         let (daemon, _dir) = start_in_proxy(&topo, ".\n", &[]).expect("daemon starts");
         let mut stream = dial(&topo, public, daemon.socks).expect("TCP connect");
-        let answer = socks::request(&mut stream, target, None, 1);
+        let answer = socks::handshake(&mut stream, target, None, 1);
         assert!(answer.is_err(), "the public client got {answer:?}");
         relay(&topo, &daemon, private, target).expect("a private client is served");
         assert!(
@@ -330,7 +330,7 @@ fn a_public_client_is_refused_without_auth_unless_the_flag_opens_it() {
         let (daemon, _dir) =
             start_in_proxy(&topo, ".\n", &["-w", &a.client.to_string()]).expect("daemon starts");
         let mut stream = dial(&topo, public, daemon.socks).expect("TCP connect");
-        let answer = socks::request(&mut stream, target, None, 1);
+        let answer = socks::handshake(&mut stream, target, None, 1);
         assert!(answer.is_err(), "with -w, the public client got {answer:?}");
         relay(&topo, &daemon, private, target).expect("the -w client is served");
     }

@@ -3,14 +3,12 @@
 //! everything is cleaned up. Needs root and MPTCP; skipped otherwise unless `CI` is set.
 //! `cargo test --test topology -- --nocapture` prints the measured figures.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use common::netns::{Ns, PathCounters, Proto, Topology, connect, list_namespaces};
+use mptcp_test_support::netns::{Ns, PathCounters, Proto, Topology, connect, list_namespaces};
 
 /// ~3.5 s at the ~37 Mbit/s two 20 Mbit/s paths give together.
 const MPTCP_BYTES: u64 = 16 << 20;

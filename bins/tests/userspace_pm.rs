@@ -2,8 +2,9 @@
 //! `--path-manager userspace` mode creates each connection's subflows as its rule says,
 //! and re-creates a subflow lost with its link when the link comes back.
 //!
-//! Real kernel, real daemon, namespaces built by the test (see common/netns.rs): two
-//! 20 Mbit/s paths between proxy and server; the server announces its path-B address.
+//! Real kernel, real daemon, namespaces built by the test
+//! (`mptcp_test_support::netns::Topology`): two 20 Mbit/s paths between proxy and server;
+//! the server announces its path-B address.
 //! Needs root; skipped without it unless `CI` is set.
 
 mod common;
@@ -14,8 +15,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use common::daemon::{Daemon, SOCKS_PORT, curl, start_in_proxy};
-use common::netns::{ConnReport, Ns, PATH_A_IF, PATH_B_IF, PatternServer, Proto, Topology};
-use common::socks::{self, Target};
+use mptcp_test_support::netns::{
+    self, ConnReport, Ns, PATH_A_IF, PATH_B_IF, PatternServer, Proto, Topology,
+};
+use mptcp_test_support::socks::blocking::{self as socks, Target};
 
 const REPORT_WAIT: Duration = Duration::from_secs(60);
 
@@ -216,9 +219,8 @@ fn each_destination_gets_the_subflows_its_rule_names() -> anyhow::Result<()> {
     // Another program's MPTCP connection in the proxy's namespace (not through the proxy)
     // gets what the in-kernel path manager would have given it: a subflow per endpoint.
     let direct = SocketAddr::from((a.server_a, port));
-    s.topo.fetch(Ns::Proxy, bytes, || {
-        common::netns::connect(Proto::Mptcp, direct)
-    })?;
+    s.topo
+        .fetch(Ns::Proxy, bytes, || netns::connect(Proto::Mptcp, direct))?;
     let report = s.server.next_report(REPORT_WAIT)?;
     assert!(report.mptcp && report.max_subflows == 2, "{report:?}");
 
@@ -240,7 +242,7 @@ fn a_subflow_lost_with_its_link_is_recreated_when_the_link_returns() -> anyhow::
     let port = s.server.port();
     let client_ns = s.topo.name(Ns::Client).to_owned();
     let transfer = std::thread::spawn(move || {
-        common::netns::fetch_in_netns(&client_ns, bytes, || {
+        netns::fetch_in_netns(&client_ns, bytes, || {
             socks::connect(proxy, Target::Name("default.test", port), None)
         })
     });
@@ -285,8 +287,8 @@ fn a_subflow_lost_with_its_link_is_recreated_when_the_link_returns() -> anyhow::
     s.wait_for_subflows_from(a.proxy_b, true, Duration::from_secs(10))
         .context("no subflow re-created over path B")?;
 
-    let done = common::netns::join_transfer(transfer)
-        .context("the transfer did not survive losing path B")?;
+    let done =
+        netns::join_transfer(transfer).context("the transfer did not survive losing path B")?;
     let report = s.server.next_report(REPORT_WAIT)?;
     eprintln!(
         "48 MiB with path B down for 3 s: {:.2} Mbit/s, {report:?}",

@@ -1,14 +1,14 @@
 //! The client against a real kernel: two namespaces, the client one running the
 //! userspace path manager, an MPTCP server in the other.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::{CLIENT_ADDRS, SERVER_ADDRS, Topology, can_run, in_netns, mptcp_info};
 use mptcp_netlink::{Endpoint, EndpointFlags, Error, Event, PmClient, PmEvents};
+use mptcp_test_support::netns::mptcp_connection_info;
+use mptcp_test_support::netns::path_pair::{CLIENT_ADDRS, PathPair, SERVER_ADDRS};
+use mptcp_test_support::require_netns;
 use socket2::{Domain, Protocol, Socket, Type};
 
 const STEP: Duration = Duration::from_secs(10);
@@ -18,8 +18,8 @@ fn ip(s: &str) -> IpAddr {
 }
 
 /// Start an MPTCP server in the server namespace; it drains every connection until EOF.
-fn start_server(topo: &Topology) -> u16 {
-    let listener = in_netns(&topo.server, || {
+fn start_server(topo: &PathPair) -> u16 {
+    let listener = topo.server.in_netns(|| {
         let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::MPTCP)).unwrap();
         s.set_reuse_address(true).unwrap();
         s.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into()).unwrap();
@@ -79,16 +79,15 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn subflows_and_events_follow_one_connection() -> anyhow::Result<()> {
-    if !can_run("subflows_and_events_follow_one_connection") {
+    if !require_netns() {
         return Ok(());
     }
-    let topo = Topology::new("flow")?;
+    let topo = PathPair::new()?;
     let port = start_server(&topo);
     let server0 = SocketAddr::new(ip(SERVER_ADDRS[0]), port);
     let server1 = SocketAddr::new(ip(SERVER_ADDRS[1]), port);
-    in_netns(&topo.client, move || {
-        runtime().block_on(client_flow(server0, server1))
-    })
+    topo.client
+        .in_netns(move || runtime().block_on(client_flow(server0, server1)))
 }
 
 async fn client_flow(server0: SocketAddr, server1: SocketAddr) -> anyhow::Result<()> {
@@ -108,7 +107,7 @@ async fn client_flow(server0: SocketAddr, server1: SocketAddr) -> anyhow::Result
     assert_eq!((limits.subflows, limits.add_addr_accepted), (4, 4));
 
     let sock = connect(server0);
-    let token = mptcp_info(&sock)?.token;
+    let token = mptcp_connection_info(&sock)?.token;
     let local0 = sock.local_addr()?.as_socket().unwrap();
     let is_conn = |e: &Event| e.token() == Some(token);
     let created = wait_for(&mut events, "CREATED", |e| {
@@ -137,7 +136,7 @@ async fn client_flow(server0: SocketAddr, server1: SocketAddr) -> anyhow::Result
     };
     assert_eq!((sub.local.ip(), sub.remote), (ip(CLIENT_ADDRS[1]), server1));
     assert_eq!(sub.local_id, second.id);
-    assert_eq!(mptcp_info(&sock)?.extra_subflows, 1);
+    assert_eq!(mptcp_connection_info(&sock)?.subflows, 1);
 
     // Same address pair again: record what the kernel does.
     match client
@@ -211,13 +210,13 @@ async fn client_flow(server0: SocketAddr, server1: SocketAddr) -> anyhow::Result
 
 #[test]
 fn event_loss_is_reported_and_recoverable() -> anyhow::Result<()> {
-    if !can_run("event_loss_is_reported_and_recoverable") {
+    if !require_netns() {
         return Ok(());
     }
-    let topo = Topology::new("loss")?;
+    let topo = PathPair::new()?;
     let port = start_server(&topo);
     let server0 = SocketAddr::new(ip(SERVER_ADDRS[0]), port);
-    in_netns(&topo.client, move || {
+    topo.client.in_netns(move || {
         runtime().block_on(async move {
             let mut events = PmEvents::subscribe().await?;
             // The smallest buffer the kernel allows, then a burst nobody reads.
@@ -237,7 +236,7 @@ fn event_loss_is_reported_and_recoverable() -> anyhow::Result<()> {
             assert!(lost, "no ENOBUFS reported for a 40-connection burst");
             // Still usable afterwards.
             let sock = connect(server0);
-            let token = mptcp_info(&sock)?.token;
+            let token = mptcp_connection_info(&sock)?.token;
             wait_for(
                 &mut events,
                 "CREATED after loss",

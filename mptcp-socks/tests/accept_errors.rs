@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use mptcp_socks::policy::{fd_limit, set_fd_limit};
 use mptcp_socks::{PolicyHandle, ServerConfig, serve};
+use mptcp_test_support::socks::{self, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -16,22 +17,9 @@ fn open_fds() -> Result<u64> {
     Ok(std::fs::read_dir("/proc/self/fd")?.count().try_into()?)
 }
 
+/// CONNECTs through the proxy and checks that the target echoes.
 async fn socks_connect_ok(proxy: std::net::SocketAddr, target: std::net::SocketAddr) -> Result<()> {
-    let mut stream = TcpStream::connect(proxy).await?;
-    stream.write_all(&[0x05, 0x01, 0x00]).await?;
-    let mut answer = [0u8; 2];
-    stream.read_exact(&mut answer).await?;
-    ensure!(answer == [0x05, 0x00], "greeting {answer:?}");
-    let std::net::IpAddr::V4(ip) = target.ip() else {
-        anyhow::bail!("IPv4 target expected");
-    };
-    let mut msg = vec![0x05, 0x01, 0x00, 0x01];
-    msg.extend_from_slice(&ip.octets());
-    msg.extend_from_slice(&target.port().to_be_bytes());
-    stream.write_all(&msg).await?;
-    let mut reply = [0u8; 10];
-    stream.read_exact(&mut reply).await?;
-    ensure!(reply[1] == 0x00, "reply {:#x}", reply[1]);
+    let mut stream = socks::connect(proxy, Target::Addr(target), None).await?;
     stream.write_all(b"ping").await?;
     let mut back = [0u8; 4];
     stream.read_exact(&mut back).await?;

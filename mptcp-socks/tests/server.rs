@@ -1,7 +1,8 @@
 //! Behaviour of the SOCKS5 server through its public API, on loopback, with real sockets.
 //!
-//! The client side speaks SOCKS5 in raw bytes: fast-socks5's client panics on reply codes
-//! it does not expect, and the error paths are what these tests are about.
+//! The client side speaks SOCKS5 in raw bytes (`mptcp_test_support::socks`): fast-socks5's
+//! client panics on reply codes it does not expect, and the error paths are what these
+//! tests are about.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -11,6 +12,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use mptcp_policy::Policy;
 use mptcp_socks::{Auth, PolicyHandle, Server, ServerConfig};
+use mptcp_test_support::socks::{
+    self, CONNECT, NO_AUTH, addr_bytes, closed_within, greet, login, name_bytes, request,
+};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -175,86 +179,16 @@ async fn closed_port() -> Result<SocketAddr> {
     Ok(addr)
 }
 
-// ---- SOCKS5 in raw bytes ----
-
-/// Sends the greeting and returns the method the server chose (0xFF: none acceptable).
-async fn greet(stream: &mut TcpStream, methods: &[u8]) -> Result<u8> {
-    let mut msg = vec![0x05, u8::try_from(methods.len())?];
-    msg.extend_from_slice(methods);
-    stream.write_all(&msg).await?;
-    let mut answer = [0u8; 2];
-    stream.read_exact(&mut answer).await?;
-    ensure!(answer[0] == 0x05, "greeting answer {answer:?}");
-    Ok(answer[1])
-}
-
-/// RFC 1929 sub-negotiation; returns the status (0 = success).
-async fn login(stream: &mut TcpStream, user: &str, pass: &str) -> Result<u8> {
-    let mut msg = vec![0x01, u8::try_from(user.len())?];
-    msg.extend_from_slice(user.as_bytes());
-    msg.push(u8::try_from(pass.len())?);
-    msg.extend_from_slice(pass.as_bytes());
-    stream.write_all(&msg).await?;
-    let mut answer = [0u8; 2];
-    stream.read_exact(&mut answer).await?;
-    ensure!(answer[0] == 0x01, "auth answer {answer:?}");
-    Ok(answer[1])
-}
-
-fn addr_bytes(addr: SocketAddr) -> Vec<u8> {
-    let mut out = Vec::new();
-    match addr.ip() {
-        IpAddr::V4(ip) => {
-            out.push(0x01);
-            out.extend_from_slice(&ip.octets());
-        }
-        IpAddr::V6(ip) => {
-            out.push(0x04);
-            out.extend_from_slice(&ip.octets());
-        }
-    }
-    out.extend_from_slice(&addr.port().to_be_bytes());
-    out
-}
-
-fn name_bytes(name: &str, port: u16) -> Vec<u8> {
-    let mut out = vec![0x03, u8::try_from(name.len()).unwrap_or(u8::MAX)];
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(&port.to_be_bytes());
-    out
-}
-
-/// Sends a request (command + encoded address) and returns the reply code.
-async fn request(stream: &mut TcpStream, command: u8, address: &[u8]) -> Result<u8> {
-    let mut msg = vec![0x05, command, 0x00];
-    msg.extend_from_slice(address);
-    stream.write_all(&msg).await?;
-    read_reply(stream).await
-}
-
-async fn read_reply(stream: &mut TcpStream) -> Result<u8> {
-    let mut head = [0u8; 4];
-    stream.read_exact(&mut head).await?;
-    ensure!(head[0] == 0x05, "reply header {head:?}");
-    let rest = match head[3] {
-        0x01 => 4 + 2,
-        0x04 => 16 + 2,
-        0x03 => usize::from(stream.read_u8().await?) + 2,
-        other => bail!("reply with address type {other:#x}"),
-    };
-    let mut addr = vec![0u8; rest];
-    stream.read_exact(&mut addr).await?;
-    Ok(head[1])
-}
+// ---- SOCKS5 in raw bytes (mptcp_test_support::socks) ----
 
 /// Greets without auth and sends a CONNECT; returns the stream and the reply code.
 async fn connect_via(proxy: &Proxy, address: &[u8]) -> Result<(TcpStream, u8)> {
     let mut stream = proxy.client().await?;
     ensure!(
-        greet(&mut stream, &[0x00]).await? == 0x00,
+        greet(&mut stream, &[NO_AUTH]).await? == NO_AUTH,
         "no-auth refused"
     );
-    let code = request(&mut stream, 0x01, address).await?;
+    let code = request(&mut stream, CONNECT, address).await?;
     Ok((stream, code))
 }
 
@@ -273,16 +207,6 @@ async fn assert_echo(stream: &mut TcpStream, len: usize) -> Result<()> {
     received?;
     ensure!(back == data, "echoed data differs");
     Ok(())
-}
-
-/// True once the server has closed the connection (EOF or reset), within `limit`.
-async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Result<bool> {
-    let mut buf = [0u8; 64];
-    match tokio::time::timeout(limit, stream.read(&mut buf)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => Ok(true),
-        Ok(Ok(n)) => bail!("unexpected {n} bytes: {:?}", &buf[..n]),
-        Err(_) => Ok(false),
-    }
 }
 
 /// Defaults, except that shutdown does not wait long for connections a test left open.
@@ -598,7 +522,8 @@ async fn stalled_handshake_is_dropped_after_the_timeout() -> Result<()> {
         // Stalls after the greeting, halfway through the request.
         let mut halfway = proxy.client().await?;
         ensure!(greet(&mut halfway, &[0x00]).await? == 0x00);
-        halfway.write_all(&[0x05, 0x01, 0x00, 0x01, 127]).await?;
+        let full = socks::wire::request(CONNECT, &addr_bytes(([127, 0, 0, 1], 80).into()));
+        halfway.write_all(&full[..5]).await?;
         for stream in [&mut silent, &mut halfway] {
             ensure!(
                 closed_within(stream, Duration::from_secs(3)).await?,
@@ -837,7 +762,7 @@ async fn greeting_answer(config: ServerConfig, client: &str) -> Result<Option<u8
     let (mut near, far) = tokio::io::duplex(1024);
     let client: SocketAddr = client.parse()?;
     let serving = tokio::spawn(async move { server.serve_connection(far, client).await });
-    near.write_all(&[0x05, 0x01, 0x00]).await?;
+    near.write_all(&socks::wire::greeting(&[NO_AUTH])).await?;
     let mut answer = [0u8; 2];
     let answered = near.read_exact(&mut answer).await.is_ok();
     drop(near);
@@ -912,7 +837,7 @@ async fn one_client_at_its_cap_does_not_starve_another() -> Result<()> {
         }
         // ... its sixth is closed at once, without an answer to its greeting ...
         let mut sixth = client_from(&proxy, [127, 0, 0, 2]).await?;
-        sixth.write_all(&[0x05, 0x01, 0x00]).await?;
+        sixth.write_all(&socks::wire::greeting(&[NO_AUTH])).await?;
         ensure!(
             closed_within(&mut sixth, Duration::from_secs(2)).await?,
             "the client over its cap was not closed"
@@ -953,7 +878,7 @@ async fn the_total_cap_closes_new_clients_at_once() -> Result<()> {
             held.push(s);
         }
         let mut fourth = client_from(&proxy, [127, 0, 0, 20]).await?;
-        fourth.write_all(&[0x05, 0x01, 0x00]).await?;
+        fourth.write_all(&socks::wire::greeting(&[NO_AUTH])).await?;
         ensure!(closed_within(&mut fourth, Duration::from_secs(2)).await?);
         proxy.stop().await
     })

@@ -16,7 +16,7 @@ use mptcp_socksd::{Cli, Listeners};
 
 use tokio::sync::oneshot;
 
-use super::netns::{NsChild, in_netns, spawn_in_netns};
+use mptcp_test_support::netns::{Ns, NsChild, Topology, in_netns, spawn_in_netns};
 
 /// How long the daemon may take to start listening.
 const START_WAIT: Duration = Duration::from_secs(20);
@@ -314,14 +314,14 @@ pub const SOCKS_PORT: u16 = 1080;
 /// ([`SOCKS_PORT`]), with `rules` as its rule file and the REST API on 127.0.0.1:5000
 /// there; `extra` flags are appended. The rule file lives in the returned directory.
 pub fn start_in_proxy(
-    topo: &super::netns::Topology,
+    topo: &Topology,
     rules: &str,
     extra: &[&str],
 ) -> anyhow::Result<(Daemon, tempfile::TempDir)> {
     let dir = tempfile::tempdir()?;
     let policy = dir.path().join("rules");
     std::fs::write(&policy, rules)?;
-    let mut cmd = topo.command(super::netns::Ns::Proxy, env!("CARGO_BIN_EXE_mptcp-socksd"));
+    let mut cmd = topo.command(Ns::Proxy, env!("CARGO_BIN_EXE_mptcp-socksd"));
     let socks = SocketAddr::from((topo.addrs().proxy_lan, SOCKS_PORT));
     let api = SocketAddr::from(([127, 0, 0, 1], 5000));
     cmd.arg("-i")
@@ -333,7 +333,7 @@ pub fn start_in_proxy(
         .arg("--api")
         .arg(api.to_string())
         .args(extra);
-    let ns = topo.name(super::netns::Ns::Proxy);
+    let ns = topo.name(Ns::Proxy);
     Ok((Daemon::spawn(Some(ns), cmd, socks, Some(api))?, dir))
 }
 

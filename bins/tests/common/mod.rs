@@ -1,6 +1,5 @@
-//! Helpers shared by the integration tests of this package.
+//! Helpers shared by the integration tests of this package that run the daemon; the
+//! rest (namespaces, topologies, the SOCKS client) is in `mptcp-test-support`.
 #![allow(dead_code)]
 
 pub mod daemon;
-pub mod netns;
-pub mod socks;

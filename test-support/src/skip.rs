@@ -1,0 +1,64 @@
+//! Whether the tests that need the real kernel can run on this machine.
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Decides whether a namespace test may run here. Returns `true` if it can. Otherwise it
+/// prints why and returns `false` (the test should return early) — unless the `CI`
+/// environment variable is set, in which case a missing capability is a failure and this
+/// panics with the reason: CI must never silently skip the end-to-end tests.
+///
+/// What it needs: Linux, root (`ip netns`, `tc` and `ip mptcp` need CAP_NET_ADMIN and
+/// CAP_SYS_ADMIN), working `ip netns` and `tc` (iproute2), and a kernel with MPTCP
+/// (`CONFIG_MPTCP`, Linux 5.6+). Checked once per test binary.
+pub fn require_netns() -> bool {
+    static MISSING: OnceLock<Option<String>> = OnceLock::new();
+    match MISSING.get_or_init(missing_capability) {
+        None => true,
+        Some(reason) if std::env::var_os("CI").is_some() => {
+            panic!(
+                "network-namespace tests cannot run, and CI is set so they may not be skipped: {reason}"
+            )
+        }
+        Some(reason) => {
+            eprintln!(
+                "skipping network-namespace test: {reason} (set CI=1 to make this a failure)"
+            );
+            false
+        }
+    }
+}
+
+/// The first thing [`require_netns`] needs that this machine lacks, if any.
+fn missing_capability() -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return Some("network namespaces need Linux".into());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some(
+            "not running as root (ip netns, tc and ip mptcp need CAP_NET_ADMIN / CAP_SYS_ADMIN)"
+                .into(),
+        );
+    }
+    for (program, args) in [("ip", &["netns", "list"][..]), ("tc", &["-V"][..])] {
+        match Command::new(program).args(args).output() {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return Some(format!(
+                    "`{program} {}` failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            Err(e) => return Some(format!("cannot run `{program}` (iproute2): {e}")),
+        }
+    }
+    if !std::path::Path::new("/proc/sys/net/mptcp/enabled").exists() {
+        return Some(
+            "the kernel has no MPTCP (/proc/sys/net/mptcp missing; needs CONFIG_MPTCP, Linux 5.6+)"
+                .into(),
+        );
+    }
+    None
+}
