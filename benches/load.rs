@@ -15,7 +15,6 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream as StdTcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -112,9 +111,8 @@ fn main() -> ExitCode {
 
 /// Moves this process into a fresh network namespace and brings its loopback up.
 fn enter_private_netns() -> Result<(), String> {
-    // SAFETY: unshare takes no pointers; it is called before any other thread exists.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        let e = io::Error::last_os_error();
+    // Called before any other thread exists: the whole process moves.
+    if let Err(e) = mptcp_test_support::sys::unshare_net() {
         return Err(match e.raw_os_error() {
             Some(libc::EPERM) => format!(
                 "it needs root (CAP_SYS_ADMIN) to create a private network namespace, so \
@@ -251,23 +249,8 @@ fn build_daemon() -> anyhow::Result<PathBuf> {
 }
 
 fn raise_fd_limit() -> anyhow::Result<()> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for the duration of both calls.
-    unsafe {
-        ensure!(
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0,
-            "getrlimit failed"
-        );
-        lim.rlim_cur = lim.rlim_max;
-        ensure!(
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0,
-            "setrlimit: {}",
-            io::Error::last_os_error()
-        );
-    }
+    let (_, hard) = mptcp_policy::fd_limit().context("getrlimit")?;
+    mptcp_policy::set_fd_limit(hard, hard).context("setrlimit")?;
     Ok(())
 }
 
@@ -307,16 +290,8 @@ impl Proxy {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
         // If this benchmark dies without unwinding (SIGKILL), its proxies die with it.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        mptcp_test_support::sys::die_with_parent(&mut cmd);
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         Ok(Proxy {
             name,

@@ -4,8 +4,7 @@
 //! Run with `cargo run -p mptcp-socks-examples --example embed`, then for instance
 //! `curl --socks5-hostname 127.0.0.1:1080 http://example.com/`. Stop with Ctrl-C.
 
-use mptcp_policy::Policy;
-use mptcp_socks::{PolicyHandle, ServerConfig};
+use mptcp_socks::{Policy, PolicyHandle, Server, ServerConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -22,6 +21,9 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    mptcp_socks::serve(listener, ServerConfig::default(), handle, shutdown).await?;
+    let server = Server::new(ServerConfig::default(), handle)?;
+    server.serve(listener, shutdown).await;
+    // What the server counted: connections by transport (mptcp, fallback, tcp).
+    println!("{:?}", server.stats().snapshot());
     Ok(())
 }

@@ -286,9 +286,8 @@ fn the_daemon_on_a_unix_socket() -> anyhow::Result<()> {
     ensure!(stderr.contains("another process is listening"), "{stderr}");
 
     // SIGTERM: a clean exit removes the socket.
-    let pid = libc::pid_t::try_from(daemon.child.id())?;
-    // SAFETY: kill has no memory preconditions; `pid` is our child, not yet reaped.
-    ensure!(unsafe { libc::kill(pid, libc::SIGTERM) } == 0);
+    // Our child, not yet reaped.
+    mptcp_test_support::sys::terminate(daemon.child.id())?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while daemon.child.try_wait()?.is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -434,22 +433,14 @@ fn the_daemon_answers_while_2000_half_sent_requests_are_open() -> anyhow::Result
 
 /// Raises this process's soft fd limit to at least `wanted` (up to the hard limit).
 fn raise_fd_limit(wanted: u64) -> anyhow::Result<()> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit for the call.
-    ensure!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0);
-    if limit.rlim_cur >= wanted {
+    let (soft, hard) = mptcp_policy::fd_limit()?;
+    if soft >= wanted {
         return Ok(());
     }
     ensure!(
-        limit.rlim_max >= wanted,
-        "the hard fd limit {} is below the {wanted} this test needs",
-        limit.rlim_max
+        hard >= wanted,
+        "the hard fd limit {hard} is below the {wanted} this test needs"
     );
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: `limit` is a valid rlimit; raising the soft limit up to the hard one is allowed.
-    ensure!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } == 0);
+    mptcp_policy::set_fd_limit(hard, hard)?;
     Ok(())
 }

@@ -125,10 +125,8 @@ fn mptcp_disabled_in_the_namespace_falls_back_to_tcp_and_is_counted() {
     // Needs CAP_SYS_ADMIN for a private network namespace (where net.mptcp.enabled=0
     // affects nobody else); run on its own thread, since unshare moves only the caller.
     let result = std::thread::spawn(|| {
-        // SAFETY: plain syscall; only this thread changes namespace.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // Only this thread changes namespace.
+        mptcp_test_support::sys::unshare_net()?;
         // /proc/sys/net answers for the opening thread's namespace.
         std::fs::write("/proc/sys/net/mptcp/enabled", "0")?;
         let before = fallback_count();
@@ -137,7 +135,7 @@ fn mptcp_disabled_in_the_namespace_falls_back_to_tcp_and_is_counted() {
         assert_eq!(opened, Opened::TcpFallback);
         assert_eq!(transport(&socket, opened), Transport::Fallback);
         assert!(fallback_count() > before);
-        Ok(())
+        Ok::<(), std::io::Error>(())
     })
     .join()
     .unwrap();
@@ -156,10 +154,8 @@ fn in_private_netns<T: Send + 'static>(
     f: impl FnOnce() -> anyhow_free::Result<T> + Send + 'static,
 ) -> Option<T> {
     let outcome = std::thread::spawn(move || {
-        // SAFETY: plain syscall; only this thread changes namespace.
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(format!("unshare: {}", std::io::Error::last_os_error()));
-        }
+        // Only this thread changes namespace.
+        mptcp_test_support::sys::unshare_net().map_err(|e| format!("unshare: {e}"))?;
         f()
     })
     .join()
@@ -175,7 +171,7 @@ fn in_private_netns<T: Send + 'static>(
 }
 
 mod anyhow_free {
-    pub type Result<T> = std::result::Result<T, String>;
+    pub(crate) type Result<T> = std::result::Result<T, String>;
 }
 
 fn run(cmd: &str) -> anyhow_free::Result<()> {

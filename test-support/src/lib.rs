@@ -14,6 +14,8 @@
 //! - [`socks`]: a SOCKS5 client in raw bytes, async (tokio) and [`socks::blocking`], so
 //!   that tests see every reply code. Both run the same byte format and the same
 //!   handshake plan ([`socks::wire`]).
+//! - [`sys`]: the few system calls around them (entering a namespace, killing what is
+//!   left in one), so that no test needs `unsafe` of its own.
 //!
 //! It depends on `mptcp-policy` only: the crates whose tests use it (`mptcp-netlink`,
 //! `mptcp-socks`, `mptcp-socksd`) would otherwise depend on themselves through it, and
@@ -41,5 +43,7 @@
 pub mod netns;
 mod skip;
 pub mod socks;
+#[allow(unsafe_code)] // the one module of this crate with system calls
+pub mod sys;
 
 pub use skip::require_netns;

@@ -34,8 +34,7 @@ fn missing_capability() -> Option<String> {
     if !cfg!(target_os = "linux") {
         return Some("network namespaces need Linux".into());
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::sys::is_root() {
         return Some(
             "not running as root (ip netns, tc and ip mptcp need CAP_NET_ADMIN / CAP_SYS_ADMIN)"
                 .into(),

@@ -29,7 +29,7 @@ type Log = Arc<(Mutex<String>, Condvar)>;
 
 /// A running daemon; stopped (in-process) or killed (binary) on drop.
 #[derive(Debug)]
-pub struct Daemon {
+pub(crate) struct Daemon {
     running: Running,
     /// Where it accepts SOCKS5 clients.
     pub socks: SocketAddr,
@@ -50,7 +50,7 @@ enum Running {
 impl Daemon {
     /// Runs the daemon in this process with the command-line `args` (without the program
     /// name), in this network namespace.
-    pub fn in_process<I, T>(args: I) -> anyhow::Result<Daemon>
+    pub(crate) fn in_process<I, T>(args: I) -> anyhow::Result<Daemon>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
@@ -61,7 +61,7 @@ impl Daemon {
     /// [`Daemon::in_process`] on threads that entered network namespace `ns`, so that its
     /// sockets, sysctls and netlink requests are that namespace's. (Files stay the
     /// host's: `/etc/netns/<ns>/hosts` is not seen; use [`start_in_proxy`] for names.)
-    pub fn in_process_in<I, T>(ns: Option<&str>, args: I) -> anyhow::Result<Daemon>
+    pub(crate) fn in_process_in<I, T>(ns: Option<&str>, args: I) -> anyhow::Result<Daemon>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
@@ -135,7 +135,7 @@ impl Daemon {
     /// Starts `cmd` (the daemon binary, behind `ip netns exec ns` if `ns` is given) and
     /// waits until it accepts connections on `socks` and, if given, `api` (addresses the
     /// test passed it).
-    pub fn spawn(
+    pub(crate) fn spawn(
         ns: Option<&str>,
         mut cmd: Command,
         socks: SocketAddr,
@@ -187,7 +187,7 @@ impl Daemon {
     }
 
     /// Everything it has logged so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -198,7 +198,7 @@ impl Daemon {
     }
 
     /// Waits until the log contains `needle` (true) or `timeout` passes (false).
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+    pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.log().contains(needle) {
@@ -210,14 +210,14 @@ impl Daemon {
     }
 
     /// `http://<api>/<path>`.
-    pub fn api_url(&self, path: &str) -> String {
+    pub(crate) fn api_url(&self, path: &str) -> String {
         let api = self.api.expect("daemon started with its REST API");
         format!("http://{api}/{}", path.trim_start_matches('/'))
     }
 
     /// Stops an in-process daemon as SIGTERM stops the binary, and returns what `run`
     /// returned. (A binary is killed when the `Daemon` is dropped.)
-    pub fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(mut self) -> anyhow::Result<()> {
         self.stop_in_process()
     }
 
@@ -291,7 +291,7 @@ impl std::io::Write for LogWriter {
 
 /// Runs a prepared `curl` command (add `-s` options and the URL yourself) and returns
 /// the HTTP status and the body.
-pub fn curl(mut cmd: Command) -> anyhow::Result<(u16, String)> {
+pub(crate) fn curl(mut cmd: Command) -> anyhow::Result<(u16, String)> {
     let out = cmd
         .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
         .output()
@@ -308,12 +308,12 @@ pub fn curl(mut cmd: Command) -> anyhow::Result<(u16, String)> {
 }
 
 /// The SOCKS port the daemon listens on inside a test topology's proxy namespace.
-pub const SOCKS_PORT: u16 = 1080;
+pub(crate) const SOCKS_PORT: u16 = 1080;
 
 /// Starts mptcp-socksd in `topo`'s proxy namespace on the proxy's client-side address
 /// ([`SOCKS_PORT`]), with `rules` as its rule file and the REST API on 127.0.0.1:5000
 /// there; `extra` flags are appended. The rule file lives in the returned directory.
-pub fn start_in_proxy(
+pub(crate) fn start_in_proxy(
     topo: &Topology,
     rules: &str,
     extra: &[&str],
@@ -339,7 +339,7 @@ pub fn start_in_proxy(
 
 /// Runs the `mptcpctl` binary with `args` (and `token` through the environment, never
 /// from the caller's environment); its exit code, stdout and stderr.
-pub fn ctl(args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {
+pub(crate) fn ctl(args: &[&str], token: Option<&str>) -> (Option<i32>, String, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_mptcpctl"));
     cmd.args(args)
         .env_remove("MPTCP_SOCKS_API")

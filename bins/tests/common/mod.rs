@@ -2,4 +2,4 @@
 //! rest (namespaces, topologies, the SOCKS client) is in `mptcp-test-support`.
 #![allow(dead_code)]
 
-pub mod daemon;
+pub(crate) mod daemon;

@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::net::IpAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -290,10 +290,8 @@ pub fn spawn_in_netns<T: Send + 'static>(
 fn enter_netns(ns: &str) {
     let path = format!("/var/run/netns/{ns}");
     let file = File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"));
-    // SAFETY: the fd is valid for the call; setns only changes this thread's namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        panic!("setns({path}): {}", io::Error::last_os_error());
+    if let Err(e) = crate::sys::set_netns(file.as_fd()) {
+        panic!("setns({path}): {e}");
     }
 }
 
@@ -318,8 +316,7 @@ fn delete_namespace(name: &str) {
             if let Ok(pid) = pid.parse::<u32>()
                 && pid != me
             {
-                // SAFETY: plain syscall; the pid was just listed as living in our namespace.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                crate::sys::kill(pid);
             }
         }
     }

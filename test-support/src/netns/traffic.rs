@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -147,14 +147,7 @@ fn accept_loop(listener: &Socket, stop: &AtomicBool, reports: &mpsc::Sender<Conn
     while !stop.load(Ordering::Relaxed) {
         // Poll with a timeout so the loop notices `stop` without a wake-up connection
         // (which would have to come from inside the namespace).
-        let mut pfd = libc::pollfd {
-            fd: listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
-        if ready <= 0 {
+        if !crate::sys::wait_readable(listener.as_fd(), 100) {
             continue;
         }
         let Ok((conn, peer)) = listener.accept() else {
