@@ -121,19 +121,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inventory_is_shared_between_clones() {
-        let addresses = LocalAddresses::default();
-        let host = Host::new(PmMode::Userspace).local_addresses(addresses.clone());
-        let before = host.inventory();
-        addresses.set(vec![LocalEndpoint {
-            id: 1,
-            addr: "10.0.0.1".parse().expect("addr"),
-            flags: vec!["subflow".into()],
-            ifindex: None,
+    fn the_host_sees_what_the_keeper_sets() {
+        let keeper = LocalAddresses::default();
+        let host = Host::new(PmMode::Userspace).local_addresses(keeper.clone());
+        assert!(host.inventory().is_empty());
+        // An endpoint bound to `lo` (index 1 in every namespace).
+        keeper.set(vec![LocalEndpoint {
+            id: 2,
+            addr: "127.0.0.2".parse().expect("addr"),
+            flags: Vec::new(),
+            ifindex: Some(1),
         }]);
-        assert!(before.is_empty(), "a snapshot does not change");
-        assert_eq!(host.inventory().len(), 1);
-        assert_eq!(host.inventory()[0].interface(), None);
+        assert_eq!(host.inventory()[0].interface().as_deref(), Some("lo"));
     }
 
     #[test]

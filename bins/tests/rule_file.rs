@@ -28,46 +28,9 @@ fn chmod(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|uids| uids.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// Whether the test may chown: skipped with a reason otherwise, except under CI.
 fn can_chown(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root (to chown to uid {STRANGER}) under CI"
-    );
-    eprintln!("skipping {test}: needs root to chown to uid {STRANGER}");
-    false
-}
-
-fn daemon_with_api(policy: &Path) -> anyhow::Result<Daemon> {
-    Daemon::in_process(
-        [
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "--api",
-            "127.0.0.1:0",
-            "--policy",
-        ]
-        .map(std::ffi::OsString::from)
-        .into_iter()
-        .chain([policy.into()]),
-    )
+    mptcp_test_support::require_root(&format!("for {test} (to chown to uid {STRANGER})"))
 }
 
 /// Runs the daemon on `policy` expecting it to exit, within [`EXIT_WAIT`].
@@ -112,7 +75,7 @@ fn a_link_in_a_directory_others_can_write_is_not_written_through() -> anyhow::Re
     fs::write(&real, RULES)?;
     let link = shared.join("rules");
     symlink(&real, &link)?;
-    let daemon = daemon_with_api(&link)?;
+    let daemon = Daemon::with_api(&link)?;
 
     // Anyone may now point the link at, say, a root-owned file elsewhere.
     chmod(&shared, 0o777);

@@ -46,4 +46,4 @@ pub mod socks;
 #[allow(unsafe_code)] // the one module of this crate with system calls
 pub mod sys;
 
-pub use skip::require_netns;
+pub use skip::{require_netns, require_root, skip};

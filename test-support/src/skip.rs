@@ -29,6 +29,32 @@ pub fn require_netns() -> bool {
     }
 }
 
+/// For a test that cannot run on this machine for `reason`: prints why and returns
+/// `false` (the test returns early), or, when the `CI` environment variable is set,
+/// panics with the reason, since CI must never pass by skipping.
+///
+/// ```
+/// # fn test() {
+/// if !std::path::Path::new("/proc/sys/net/mptcp").exists() {
+///     mptcp_test_support::skip("this kernel has no MPTCP");
+///     return;
+/// }
+/// # }
+/// ```
+pub fn skip(reason: &str) -> bool {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "this test cannot run here, and CI is set so it may not be skipped: {reason}"
+    );
+    eprintln!("skipping: {reason} (set CI=1 to make this a failure)");
+    false
+}
+
+/// Whether the test runs as root; otherwise [`skip`] with `why` it needs root.
+pub fn require_root(why: &str) -> bool {
+    crate::sys::is_root() || skip(&format!("needs root {why}"))
+}
+
 /// The first thing [`require_netns`] needs that this machine lacks, if any.
 fn missing_capability() -> Option<String> {
     if !cfg!(target_os = "linux") {

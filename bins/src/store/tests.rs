@@ -17,15 +17,7 @@ fn euid() -> u32 {
 /// Whether the test may chown (needs root): skipped with a reason otherwise, except
 /// under CI, where a skip would hide a regression.
 fn can_chown(test: &str) -> bool {
-    if euid() == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root (to chown to uid {STRANGER}) under CI"
-    );
-    eprintln!("skipping {test}: needs root to chown to uid {STRANGER}");
-    false
+    mptcp_test_support::require_root(&format!("for {test} (to chown to uid {STRANGER})"))
 }
 
 fn chmod(path: &Path, mode: u32) {

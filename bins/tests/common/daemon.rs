@@ -58,6 +58,25 @@ impl Daemon {
         Daemon::in_process_in(None, args)
     }
 
+    /// [`Daemon::in_process`] on loopback with the SOCKS port and the API on ports of
+    /// their own, serving the rule file `policy`.
+    pub(crate) fn with_api(policy: &std::path::Path) -> anyhow::Result<Daemon> {
+        Daemon::in_process(
+            [
+                "-i",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "--api",
+                "127.0.0.1:0",
+                "--policy",
+            ]
+            .map(OsString::from)
+            .into_iter()
+            .chain([policy.into()]),
+        )
+    }
+
     /// [`Daemon::in_process`] on threads that entered network namespace `ns`, so that its
     /// sockets, sysctls and netlink requests are that namespace's. (Files stay the
     /// host's: `/etc/netns/<ns>/hosts` is not seen; use [`start_in_proxy`] for names.)
