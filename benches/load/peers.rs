@@ -1,0 +1,134 @@
+//! The processes under test: the daemon built from this workspace, and microsocks.
+
+use super::*;
+
+/// Builds the release daemon from this workspace and returns its path.
+pub(crate) fn build_daemon() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("benches/ has a parent")?;
+    println!("load: cargo build --release -p mptcp-socksd --bin mptcp-socksd");
+    let out = Command::new(cargo)
+        .current_dir(workspace)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "mptcp-socksd",
+            "--bin",
+            "mptcp-socksd",
+        ])
+        .arg("--message-format=json-render-diagnostics")
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    ensure!(
+        out.status.success(),
+        "cargo build of mptcp-socksd failed ({})",
+        out.status
+    );
+    // The executable's path, from cargo itself, so CARGO_TARGET_DIR and friends are honoured.
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["target"]["name"] == "mptcp-socksd")
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .context("cargo did not report the mptcp-socksd executable")
+}
+
+pub(crate) fn raise_fd_limit() -> anyhow::Result<()> {
+    let (_, hard) = mptcp_policy::fd_limit().context("getrlimit")?;
+    mptcp_policy::set_fd_limit(hard, hard).context("setrlimit")?;
+    Ok(())
+}
+
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+/// A port nobody listens on yet (the namespace is ours, so it stays free).
+pub(crate) fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
+}
+
+pub(crate) fn loopback(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+}
+
+/// A proxy process; killed on drop.
+#[derive(Debug)]
+pub(crate) struct Proxy {
+    pub(crate) name: &'static str,
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
+    /// Its stdout and stderr (both proxies log every connection; a file costs them alike).
+    pub(crate) log: PathBuf,
+}
+
+impl Proxy {
+    pub(crate) fn start(
+        name: &'static str,
+        mut cmd: Command,
+        port: u16,
+        dir: &Path,
+    ) -> anyhow::Result<Proxy> {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // If this benchmark dies without unwinding (SIGKILL), its proxies die with it.
+        mptcp_test_support::sys::die_with_parent(&mut cmd);
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Proxy {
+            name,
+            child,
+            addr: SocketAddr::from(loopback(port)),
+            log,
+        })
+    }
+
+    /// Waits until it accepts connections.
+    pub(crate) fn wait_ready(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + START_WAIT;
+        while Instant::now() < deadline {
+            if StdTcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        bail!(
+            "{} did not listen on {} within {START_WAIT:?}; its log:\n{log}",
+            self.name,
+            self.addr
+        )
+    }
+
+    pub(crate) fn fd_count(&self) -> anyhow::Result<usize> {
+        Ok(std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))?.count())
+    }
+
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no VmRSS for {}", self.name))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
