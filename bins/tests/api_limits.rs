@@ -304,7 +304,7 @@ struct UnixDaemon {
 }
 
 impl UnixDaemon {
-    /// Starts it and waits until it logs its API listener.
+    /// Starts it and waits until its API socket accepts connections.
     fn start(socket: &Path, rules: &Path) -> anyhow::Result<UnixDaemon> {
         let log = tempfile::NamedTempFile::new()?;
         let child = daemon_command(socket, rules)
@@ -316,13 +316,13 @@ impl UnixDaemon {
         let daemon = UnixDaemon { child, _log: log };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let text = std::fs::read_to_string(daemon._log.path())?;
-            if text.contains("REST API listening on unix:") {
+            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
                 return Ok(daemon);
             }
             ensure!(
                 Instant::now() < deadline,
-                "mptcp-socksd did not start its API; log:\n{text}"
+                "mptcp-socksd did not start its API; log:\n{}",
+                std::fs::read_to_string(daemon._log.path())?
             );
             std::thread::sleep(Duration::from_millis(50));
         }
