@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mptcp_policy::{KernelSupport, PmMode};
+use mptcp_policy::{KernelSupport, Opened, PmMode};
 use mptcp_socks::{Connections, PolicyHandle, Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -171,8 +171,7 @@ impl Listeners {
                 |source| bind_error("the REST API", &format!("unix:{}", path.display()), source),
             )?)),
         };
-        let socks = TcpListener::bind(config.socks_listen)
-            .await
+        let socks = bind_socks(config.socks_listen)
             .map_err(|source| bind_error("SOCKS5 clients", &config.socks_listen, source))?;
         Ok(Listeners { socks, api })
     }
@@ -194,6 +193,26 @@ impl Listeners {
             _ => None,
         }
     }
+}
+
+/// Backlog of the SOCKS listener: what `tokio::net::TcpListener::bind` uses.
+const SOCKS_BACKLOG: i32 = 1024;
+
+/// The SOCKS listener: MPTCP, so that a client box's subflows can join (an MPTCP
+/// listener serves plain TCP clients too), or TCP where the kernel has no MPTCP, said at
+/// start.
+fn bind_socks(addr: SocketAddr) -> io::Result<TcpListener> {
+    let (listener, opened) = mptcp_policy::listen(addr, SOCKS_BACKLOG)?;
+    if opened == Opened::Mptcp {
+        tracing::info!(%addr, "SOCKS5 listener accepts MPTCP and TCP clients");
+    } else {
+        tracing::warn!(
+            %addr,
+            "this kernel cannot open an MPTCP listener (no MPTCP, or net.mptcp.enabled=0): \
+             SOCKS5 clients connect over plain TCP only"
+        );
+    }
+    TcpListener::from_std(listener)
 }
 
 fn bind_error(what: &'static str, addr: &dyn fmt::Display, source: io::Error) -> DaemonError {

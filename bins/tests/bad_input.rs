@@ -5,7 +5,7 @@ mod common;
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,24 +16,6 @@ const USER: (&str, &str) = ("alice", "s3cret");
 
 fn daemon_bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_mptcp-socksd"))
-}
-
-/// A local echo server for one connection at a time, until the test ends.
-fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
-    let addr = listener.local_addr().expect("echo addr");
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(16) {
-            let Ok(mut conn) = conn else { continue };
-            let mut buf = [0u8; 1024];
-            while let Ok(n @ 1..) = conn.read(&mut buf) {
-                if conn.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    addr
 }
 
 fn still_serves(daemon: &Daemon, echo: SocketAddr) {
@@ -62,7 +44,7 @@ fn bad_clients_get_their_error_and_the_daemon_keeps_serving() {
             .chain([OsString::from("--policy"), rules.clone().into()]),
     )
     .expect("daemon starts");
-    let echo = echo_server();
+    let echo = mptcp_test_support::echo_server();
     still_serves(&daemon, echo);
 
     // A garbage greeting (an HTTP request) is dropped without a reply.
@@ -273,7 +255,7 @@ fn password_from_a_file_and_a_forged_log_line_stays_one_escaped_line() {
             ]),
     )
     .expect("daemon starts");
-    let echo = echo_server();
+    let echo = mptcp_test_support::echo_server();
     still_serves(&daemon, echo);
     assert!(
         !daemon.log().contains("/proc/PID/cmdline"),

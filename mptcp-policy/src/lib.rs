@@ -123,6 +123,6 @@ pub use policy::{Match, Policy, Refusal};
 pub use rule::{Access, Destination, DomainName, IpPrefix, PathManager, Rule, Scheduler, Settings};
 pub use sys::{
     MptcpInfo, Opened, SubflowInfo, Transport, fallback_count, fd_limit, interface_name, is_mptcp,
-    local_address_up, local_addresses, mptcp_info, open_outbound, set_fd_limit, subflows,
+    listen, local_address_up, local_addresses, mptcp_info, open_outbound, set_fd_limit, subflows,
     transport,
 };

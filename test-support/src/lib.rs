@@ -40,10 +40,12 @@
 //! ```
 #![warn(missing_docs)]
 
+mod echo;
 pub mod netns;
 mod skip;
 pub mod socks;
 #[allow(unsafe_code)] // the one module of this crate with system calls
 pub mod sys;
 
+pub use echo::echo_server;
 pub use skip::{require_netns, require_root, skip};

@@ -125,6 +125,47 @@ pub fn open_outbound(addr: SocketAddr, settings: &Settings) -> io::Result<(Socke
     }
 }
 
+/// Binds a listening socket on `addr` that accepts MPTCP connections (so a client's
+/// subflows can join) and plain TCP ones alike, non-blocking (ready for
+/// `tokio::net::TcpListener::from_std`), with `SO_REUSEADDR` as tokio's own `bind` sets.
+///
+/// Upstream Linux: `IPPROTO_MPTCP`, [`Opened::Mptcp`]; where the kernel cannot open one
+/// (no MPTCP, `net.mptcp.enabled=0`) a TCP listener, [`Opened::TcpFallback`], for the
+/// caller to say so. The legacy kernel makes every TCP socket MPTCP: a TCP listener,
+/// [`Opened::Mptcp`] when its MPTCP is enabled.
+///
+/// # Errors
+/// The socket cannot be created, bound (address in use, not local) or put to listen.
+pub fn listen(addr: SocketAddr, backlog: i32) -> io::Result<(std::net::TcpListener, Opened)> {
+    let domain = Domain::for_address(addr);
+    let kernel = KernelSupport::cached();
+    let (socket, opened) = if kernel.flavour == Flavour::Legacy {
+        let opened = if kernel.enabled {
+            Opened::Mptcp
+        } else {
+            Opened::TcpFallback
+        };
+        (
+            Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?,
+            opened,
+        )
+    } else {
+        match Socket::new(domain, Type::STREAM, Some(Protocol::MPTCP)) {
+            Ok(socket) => (socket, Opened::Mptcp),
+            Err(e) if is_mptcp_unavailable(&e) => (
+                Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?,
+                Opened::TcpFallback,
+            ),
+            Err(e) => return Err(e),
+        }
+    };
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok((socket.into(), opened))
+}
+
 fn is_mptcp_unavailable(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
