@@ -255,12 +255,12 @@ pub struct Daemon {
     /// watch it.
     stop: watch::Sender<bool>,
     api_task: Option<tokio::task::JoinHandle<()>>,
+    /// The userspace path manager, when `--path-manager userspace`.
+    userspace_pm: Option<mptcp_socks::UserspacePm>,
     /// Dropped last: the watcher of the rule file, and the sysctl switch, which restores
     /// the namespace's path manager.
     _watch: WatchGuard,
     _pm_sysctl: Option<pm_sysctl::UserspacePm>,
-    /// The userspace path manager, when `--path-manager userspace`.
-    userspace_pm: Option<mptcp_socks::UserspacePm>,
 }
 
 impl Daemon {
