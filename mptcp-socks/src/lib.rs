@@ -85,6 +85,7 @@ mod server;
 mod socks5;
 mod stats;
 mod throttle;
+mod upstream;
 #[cfg(feature = "userspace-pm")]
 mod userspace_pm;
 
@@ -105,5 +106,6 @@ pub use server::{Server, serve};
 pub use socks5::Reply;
 pub use stats::{Stats, StatsSnapshot};
 pub use throttle::LogThrottle;
+pub use upstream::{Upstream, UpstreamError, UpstreamHost, UpstreamName};
 #[cfg(feature = "userspace-pm")]
 pub use userspace_pm::{PmError, UserspacePm, start_userspace_pm};
