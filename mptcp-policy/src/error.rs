@@ -59,6 +59,8 @@ pub enum Field {
     PathManager,
     /// The `access=` option after the four fields.
     Access,
+    /// The `via=` option after the four fields.
+    Via,
     /// An option after the four fields that is not known.
     Option,
     /// A path-manager mode ([`PmMode`](crate::PmMode)).
@@ -78,6 +80,7 @@ impl Field {
             Field::Scheduler => "scheduler",
             Field::PathManager => "path manager",
             Field::Access => "access",
+            Field::Via => "via",
             Field::Option => "option",
             Field::PmMode => "path-manager mode",
             Field::Flavour => "kernel flavour",

@@ -115,6 +115,7 @@ mod policy;
 mod rule;
 #[allow(unsafe_code)] // the one module with system calls
 mod sys;
+mod via;
 
 pub use effect::{Limitation, PmMode, limitations};
 pub use error::{Error, Field};
@@ -126,3 +127,4 @@ pub use sys::{
     listen, local_address_up, local_addresses, mptcp_info, open_outbound, set_fd_limit, subflows,
     transport,
 };
+pub use via::{UpstreamName, Via};

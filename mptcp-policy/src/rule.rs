@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use crate::error::{Error, Field};
 use crate::keyword::{self, keyword_enum};
+use crate::via::Via;
 
 /// A DNS name: lowercase, without a trailing dot, each label 1 to 63 characters of
 /// letters, digits, `-` or `_`, at most 253 characters in all.
@@ -429,6 +430,8 @@ pub struct Rule {
     pub settings: Settings,
     /// Whether connections there may go ahead at all.
     pub access: Access,
+    /// Straight there, or through an upstream server.
+    pub via: Via,
 }
 
 impl Rule {
@@ -452,12 +455,13 @@ impl Rule {
                 path_manager: path_manager.trim().parse()?,
             },
             access: Access::Default,
+            via: Via::Direct,
         })
     }
 
     /// Sets one option of the form `key=value` that may follow the four fields in the
-    /// rule file (today only `access=default|allow|deny`). Surrounding white space is
-    /// ignored.
+    /// rule file: `access=default|allow|deny` or `via=direct|NAME|auto:NAME`. Surrounding
+    /// white space is ignored.
     ///
     /// # Errors
     /// [`Error::Invalid`] for an unknown key, a missing `=`, or a bad value.
@@ -472,11 +476,12 @@ impl Rule {
         };
         match key.trim() {
             "access" => self.access = value.trim().parse()?,
+            "via" => self.via = value.trim().parse()?,
             _ => {
                 return Err(Error::invalid(
                     Field::Option,
                     option,
-                    "unknown option; known: access=default|allow|deny",
+                    "unknown option; known: access=default|allow|deny, via=direct|NAME|auto:NAME",
                 ));
             }
         }
@@ -538,6 +543,9 @@ impl fmt::Display for Rule {
         )?;
         if self.access != Access::Default {
             write!(f, "access={},", self.access)?;
+        }
+        if self.via != Via::Direct {
+            write!(f, "via={},", self.via)?;
         }
         Ok(())
     }

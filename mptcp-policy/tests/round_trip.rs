@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use mptcp_policy::{Access, Destination, IpPrefix, PathManager, Policy, Rule, Scheduler, Settings};
+use mptcp_policy::{
+    Access, Destination, IpPrefix, PathManager, Policy, Rule, Scheduler, Settings, Via,
+};
 use proptest::prelude::*;
 
 fn destination() -> impl Strategy<Value = Destination> {
@@ -46,9 +48,15 @@ fn rule() -> impl Strategy<Value = Rule> {
             (1..=PathManager::MAX_NDIFFPORTS).prop_map(|n| PathManager::Ndiffports(Some(n))),
         ],
         proptest::sample::select(Access::ALL),
+        prop_oneof![
+            Just("direct".to_owned()),
+            "[a-zA-Z0-9_-]{1,32}",
+            "auto:[a-zA-Z0-9_-]{1,32}",
+        ]
+        .prop_filter_map("not an upstream name", |v| v.parse::<Via>().ok()),
     )
         .prop_map(
-            |(destination, mptcp, scheduler, path_manager, access)| Rule {
+            |(destination, mptcp, scheduler, path_manager, access, via)| Rule {
                 destination,
                 settings: Settings {
                     mptcp,
@@ -56,6 +64,7 @@ fn rule() -> impl Strategy<Value = Rule> {
                     path_manager,
                 },
                 access,
+                via,
             },
         )
 }

@@ -93,6 +93,7 @@ mod userspace_pm;
 pub use mptcp_policy as policy;
 pub use mptcp_policy::{
     Access, Destination, PathManager, Policy, Rule, Scheduler, Settings, SubflowInfo, Transport,
+    UpstreamName, Via,
 };
 
 pub use config::{Auth, ServerConfig};
@@ -106,6 +107,6 @@ pub use server::{Server, serve};
 pub use socks5::Reply;
 pub use stats::{Stats, StatsSnapshot};
 pub use throttle::LogThrottle;
-pub use upstream::{Upstream, UpstreamError, UpstreamHost, UpstreamName};
+pub use upstream::{Upstream, UpstreamError, UpstreamHost};
 #[cfg(feature = "userspace-pm")]
 pub use userspace_pm::{PmError, UserspacePm, start_userspace_pm};

@@ -16,54 +16,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use mptcp_policy::UpstreamName;
 use percent_encoding::percent_decode_str;
 
 use crate::config::Auth;
-
-/// The longest upstream name: it appears in rules (`via=NAME`) and log lines.
-const NAME_MAX: usize = 32;
-
-/// An upstream's name: 1 to 32 ASCII letters, digits, `-` or `_`, so that it fits a rule
-/// file's `key=value` option and a log line as it is. `direct` and names starting with
-/// `auto:` are taken by the rules' own `via` values, and the characters allowed exclude
-/// the `:` of `auto:`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UpstreamName(String);
-
-impl UpstreamName {
-    /// The name as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for UpstreamName {
-    type Err = UpstreamError;
-
-    fn from_str(name: &str) -> Result<Self, UpstreamError> {
-        let valid = (1..=NAME_MAX).contains(&name.len())
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid {
-            return Err(UpstreamError::new(
-                "the name must be 1 to 32 letters, digits, '-' or '_'",
-            ));
-        }
-        if name.eq_ignore_ascii_case("direct") {
-            return Err(UpstreamError::new(
-                "`direct` is what a rule says for no upstream; choose another name",
-            ));
-        }
-        Ok(UpstreamName(name.to_owned()))
-    }
-}
-
-impl fmt::Display for UpstreamName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// The upstream's host as the URL names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +112,10 @@ impl FromStr for Upstream {
         let (name, url) = text
             .split_once('=')
             .ok_or_else(|| UpstreamError::new(form))?;
-        let name: UpstreamName = name.trim().parse()?;
+        let name: UpstreamName = name
+            .trim()
+            .parse()
+            .map_err(|e: mptcp_policy::Error| UpstreamError::new(e.to_string()))?;
         let (tls, rest) = if let Some(rest) = url.strip_prefix("socks5://") {
             (false, rest)
         } else if let Some(rest) = url.strip_prefix("socks5+tls://") {

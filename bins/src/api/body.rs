@@ -112,6 +112,7 @@ pub(super) fn parse_request(
         scheduler: optional_string(&object, "scheduler")?.unwrap_or_else(|| "default".into()),
         path_manager: optional_string(&object, "path_manager")?.unwrap_or_else(|| "default".into()),
         access: optional_string(&object, "access")?,
+        via: optional_string(&object, "via")?,
     })
 }
 

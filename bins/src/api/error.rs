@@ -237,6 +237,7 @@ fn json_key(field: Field) -> Option<&'static str> {
         Field::Scheduler => Some("scheduler"),
         Field::PathManager => Some("path_manager"),
         Field::Access => Some("access"),
+        Field::Via => Some("via"),
         _ => None,
     }
 }

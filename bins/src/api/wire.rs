@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
-use mptcp_policy::{Access, Destination, Limitation, Rule, Settings};
+use mptcp_policy::{Access, Destination, Limitation, Rule, Settings, Via};
 use mptcp_socks::Connection;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,10 @@ pub struct RuleView {
     /// `allow` or `deny`: the rule file's `access=` option.
     #[serde(default = "default_access")]
     pub access: String,
+    /// `direct`, an upstream's name or `auto:NAME`: the rule file's `via=` option. Left
+    /// out of answers for `direct`, so that a seed client sees the seed's keys.
+    #[serde(default = "default_via", skip_serializing_if = "is_direct")]
+    pub via: String,
     /// Whether everything the rule asks for happens on this host.
     #[serde(default = "yes")]
     pub in_effect: bool,
@@ -44,17 +48,37 @@ fn default_access() -> String {
     "default".to_owned()
 }
 
+fn default_via() -> String {
+    "direct".to_owned()
+}
+
+fn is_direct(via: &str) -> bool {
+    via == "direct"
+}
+
 impl RuleView {
     /// `rule`, with what keeps it from taking effect (see [`mptcp_policy::limitations`]).
+    ///
+    /// A `via` naming an upstream is stored and shown, and listed as not in effect: this
+    /// version connects directly (chaining through an upstream is being built).
     pub fn new(rule: &Rule, limitations: &[Limitation]) -> Self {
+        let mut not_in_effect: Vec<String> = limitations.iter().map(ToString::to_string).collect();
+        if let Some(name) = rule.via.upstream() {
+            not_in_effect.push(format!(
+                "via={}: this version does not chain through upstreams yet; connections to \
+                 this destination go direct (no --upstream {name}=URL can be given)",
+                rule.via
+            ));
+        }
         RuleView {
             ip: rule.destination.to_string(),
             enable: rule.settings.mptcp,
             scheduler: rule.settings.scheduler.as_str().to_owned(),
             path_manager: rule.settings.path_manager.to_string(),
             access: rule.access.as_str().to_owned(),
-            in_effect: limitations.is_empty(),
-            not_in_effect: limitations.iter().map(ToString::to_string).collect(),
+            via: rule.via.to_string(),
+            in_effect: not_in_effect.is_empty(),
+            not_in_effect,
         }
     }
 }
@@ -221,11 +245,15 @@ pub struct RuleRequest {
     /// `default`, `allow` or `deny`; left out, the rule gets `default`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub access: Option<String>,
+    /// `direct`, an upstream's name or `auto:NAME`; left out, the rule goes direct.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl RuleRequest {
     /// Every key a body may have, in the order the API's messages list them.
-    pub const KEYS: [&'static str; 5] = ["ip", "enable", "scheduler", "path_manager", "access"];
+    pub const KEYS: [&'static str; 6] =
+        ["ip", "enable", "scheduler", "path_manager", "access", "via"];
 
     /// The body that asks for `settings` and `access` at `destination`, written as the rule
     /// file writes them (so `ndiffports:3` keeps its count). `destination` is sent as
@@ -237,11 +265,19 @@ impl RuleRequest {
             scheduler: settings.scheduler.to_string(),
             path_manager: settings.path_manager.to_string(),
             access: Some(access.to_string()),
+            via: None,
         }
     }
 
+    /// The same body with `via` (left out for `direct`, so a seed-shaped body stays one).
+    #[must_use]
+    pub fn with_via(mut self, via: &Via) -> Self {
+        self.via = (*via != Via::Direct).then(|| via.to_string());
+        self
+    }
+
     /// The rule this body asks for at `destination`, through the rule file's parser
-    /// ([`Rule::from_fields`], and the `access=` option's).
+    /// ([`Rule::from_fields`], and the `access=` and `via=` options').
     ///
     /// # Errors
     /// [`mptcp_policy::Error::Invalid`] naming the first value that does not parse.
@@ -254,6 +290,9 @@ impl RuleRequest {
         )?;
         if let Some(access) = &self.access {
             rule.access = access.parse()?;
+        }
+        if let Some(via) = &self.via {
+            rule.via = via.parse()?;
         }
         Ok(rule)
     }

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use mptcp_policy::{Access, PathManager, Scheduler, Settings};
+use mptcp_policy::{Access, PathManager, Scheduler, Settings, Via};
 use mptcp_socksd::{ApiClient, Capabilities, ClientError, ConnectionView, RuleRequest, RuleView};
 
 /// Manage the per-destination MPTCP policy of a running mptcp-socksd.
@@ -80,6 +80,10 @@ enum RulesCommand {
         /// address or prefix of the host on purpose) or deny (refused with reply 0x02).
         #[arg(long, default_value_t = Access::Default, value_parser = parse_access)]
         access: Access,
+        /// direct, the NAME of an upstream, or auto:NAME (through NAME until the
+        /// destination is found to speak MPTCP).
+        #[arg(long, default_value_t = Via::Direct, value_parser = parse_via)]
+        via: Via,
     },
     /// Remove the rule for a destination.
     #[command(alias = "remove", alias = "del")]
@@ -108,6 +112,10 @@ fn parse_path_manager(s: &str) -> Result<PathManager, String> {
 fn parse_access(s: &str) -> Result<Access, String> {
     s.parse()
         .map_err(|_| format!("expected one of {}", names(Access::ALL)))
+}
+
+fn parse_via(s: &str) -> Result<Via, String> {
+    s.parse().map_err(|e: mptcp_policy::Error| e.to_string())
 }
 
 fn names<T: std::fmt::Display>(all: &[T]) -> String {
@@ -204,25 +212,27 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             scheduler,
             path_manager,
             access,
+            via,
         }) => {
             let settings = Settings {
                 mptcp: *mptcp == OnOff::On,
                 scheduler: *scheduler,
                 path_manager: *path_manager,
             };
-            let request = RuleRequest::new(destination.as_str(), &settings, *access);
+            let request = RuleRequest::new(destination.as_str(), &settings, *access).with_via(via);
             let (rule, created) = client.add_rule(&request)?;
             if cli.json {
                 return print_json(&rule);
             }
             println!(
-                "{} rule for {}: MPTCP {}, scheduler {}, path manager {}, access {}",
+                "{} rule for {}: MPTCP {}, scheduler {}, path manager {}, access {}, via {}",
                 if created { "added" } else { "replaced" },
                 rule.ip,
                 on_off(rule.enable),
                 rule.scheduler,
                 rule.path_manager,
-                rule.access
+                rule.access,
+                rule.via
             );
             for reason in &rule.not_in_effect {
                 println!("not in effect here: {reason}");
@@ -270,6 +280,7 @@ fn rules_table(rules: &[RuleView]) -> String {
         "SCHEDULER",
         "PATH MANAGER",
         "ACCESS",
+        "VIA",
     ]
     .map(str::to_owned);
     let rows = rules.iter().map(|r| {
@@ -280,6 +291,7 @@ fn rules_table(rules: &[RuleView]) -> String {
             r.scheduler.clone(),
             r.path_manager.clone(),
             r.access.clone(),
+            r.via.clone(),
         ]
     });
     let mut out = table(header, rows);
