@@ -362,11 +362,39 @@ mod tests {
     /// request schema cannot lose a setting (as `ndiffports:3` once lost its count).
     #[test]
     fn requests_round_trip_through_the_rule_parser() {
-        for (destination, mptcp, scheduler, path_manager, access) in [
-            ("10.0.0.0/8", true, "default", "default", "default"),
-            ("n.example", true, "redundant", "ndiffports:3", "allow"),
-            ("*.example.com", false, "roundrobin", "fullmesh", "deny"),
-            ("2001:db8::1", true, "default", "binder", "default"),
+        for (destination, mptcp, scheduler, path_manager, access, via) in [
+            (
+                "10.0.0.0/8",
+                true,
+                "default",
+                "default",
+                "default",
+                "direct",
+            ),
+            (
+                "n.example",
+                true,
+                "redundant",
+                "ndiffports:3",
+                "allow",
+                "vps",
+            ),
+            (
+                "*.example.com",
+                false,
+                "roundrobin",
+                "fullmesh",
+                "deny",
+                "auto:vps-2",
+            ),
+            (
+                "2001:db8::1",
+                true,
+                "default",
+                "binder",
+                "default",
+                "direct",
+            ),
         ] {
             let settings = Settings {
                 mptcp,
@@ -374,7 +402,8 @@ mod tests {
                 path_manager: path_manager.parse::<PathManager>().expect("path manager"),
             };
             let access: Access = access.parse().expect("access");
-            let request = RuleRequest::new(destination, &settings, access);
+            let via: Via = via.parse().expect("via");
+            let request = RuleRequest::new(destination, &settings, access).with_via(&via);
             // As the client sends it, as the server reads it.
             let body = serde_json::to_vec(&request).expect("serializes");
             let read = crate::api::body::parse_request(Some("application/json"), &body)
@@ -384,6 +413,7 @@ mod tests {
             assert_eq!(rule.destination.to_string(), destination);
             assert_eq!(rule.settings, settings, "{request:?}");
             assert_eq!(rule.access, access, "{request:?}");
+            assert_eq!(rule.via, via, "{request:?}");
         }
     }
 
@@ -391,7 +421,8 @@ mod tests {
     #[test]
     fn request_keys_are_the_serialized_keys() {
         let settings = Settings::default();
-        let request = RuleRequest::new("a.example", &settings, Access::Default);
+        let via: Via = "auto:vps".parse().expect("via");
+        let request = RuleRequest::new("a.example", &settings, Access::Default).with_via(&via);
         let serde_json::Value::Object(object) = serde_json::to_value(&request).expect("serializes")
         else {
             panic!("not an object");
