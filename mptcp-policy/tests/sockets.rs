@@ -273,6 +273,18 @@ fn local_address_up_follows_the_link() {
     let states = in_private_netns(|| {
         let mut states = Vec::new();
         let addr: std::net::IpAddr = "10.78.0.1".parse().expect("ip");
+        // The kernel updates a link's carrier asynchronously (linkwatch): each state is
+        // read once it has settled, or after 2 s, whatever it is then.
+        let settled = |want: bool| -> anyhow_free::Result<Option<bool>> {
+            for _ in 0..100 {
+                let now = local_address_up(addr).map_err(|e| e.to_string())?;
+                if now == Some(want) {
+                    return Ok(now);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            local_address_up(addr).map_err(|e| e.to_string())
+        };
         states.push(local_address_up(addr).map_err(|e| e.to_string())?);
         for cmd in [
             "ip link add v0 type veth peer name v1",
@@ -282,20 +294,14 @@ fn local_address_up_follows_the_link() {
         ] {
             run(cmd)?;
         }
-        states.push(local_address_up(addr).map_err(|e| e.to_string())?);
+        states.push(settled(true)?);
         // The peer going down takes the carrier away: the link is up but not running.
         run("ip link set v1 down")?;
-        states.push(local_address_up(addr).map_err(|e| e.to_string())?);
+        states.push(settled(false)?);
         run("ip link set v1 up")?;
-        for _ in 0..100 {
-            if local_address_up(addr).map_err(|e| e.to_string())? == Some(true) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        states.push(local_address_up(addr).map_err(|e| e.to_string())?);
+        states.push(settled(true)?);
         run("ip link set v0 down")?;
-        states.push(local_address_up(addr).map_err(|e| e.to_string())?);
+        states.push(settled(false)?);
         Ok(states)
     });
     if let Some(states) = states {
