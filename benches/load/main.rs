@@ -139,7 +139,7 @@ fn enter_private_netns() -> Result<(), String> {
 
 fn run(scale: Scale) -> anyhow::Result<()> {
     // Every relayed connection costs the proxy two descriptors and us up to two.
-    raise_fd_limit()?;
+    mptcp_policy::raise_fd_limit().context("raising the fd limit")?;
     let dir = tempfile::tempdir()?;
     let daemon = build_daemon()?;
 

@@ -37,12 +37,6 @@ pub(crate) fn build_daemon() -> anyhow::Result<PathBuf> {
         .context("cargo did not report the mptcp-socksd executable")
 }
 
-pub(crate) fn raise_fd_limit() -> anyhow::Result<()> {
-    let (_, hard) = mptcp_policy::fd_limit().context("getrlimit")?;
-    mptcp_policy::set_fd_limit(hard, hard).context("setrlimit")?;
-    Ok(())
-}
-
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?

@@ -3,24 +3,10 @@
 //! clients send.
 
 use std::fmt::Write as _;
-use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-/// Raises the soft limit on open files (RLIMIT_NOFILE) to the hard limit and returns the
-/// new soft limit. The default soft limit of 1024 would cap the proxy at a few hundred
-/// relayed connections; the hard limit is what the operator (or systemd's LimitNOFILE)
-/// granted.
-///
-/// # Errors
-/// When the limit cannot be read or set.
-pub fn raise_fd_limit() -> io::Result<u64> {
-    let (soft, hard) = mptcp_policy::fd_limit()?;
-    if soft < hard {
-        mptcp_policy::set_fd_limit(hard, hard)?;
-    }
-    Ok(hard)
-}
+pub use mptcp_policy::raise_fd_limit;
 
 /// [`raise_fd_limit`], logged: the limit the daemon sizes its connection cap from (1024,
 /// the usual default, with a warning, when it cannot be raised).
@@ -121,6 +107,8 @@ pub fn escaping_fields()
 
 #[cfg(test)]
 mod tests {
+    use std::io;
+
     use super::*;
 
     #[test]

@@ -433,14 +433,10 @@ fn the_daemon_answers_while_2000_half_sent_requests_are_open() -> anyhow::Result
 
 /// Raises this process's soft fd limit to at least `wanted` (up to the hard limit).
 fn raise_fd_limit(wanted: u64) -> anyhow::Result<()> {
-    let (soft, hard) = mptcp_policy::fd_limit()?;
-    if soft >= wanted {
-        return Ok(());
-    }
+    let raised = mptcp_policy::raise_fd_limit()?;
     ensure!(
-        hard >= wanted,
-        "the hard fd limit {hard} is below the {wanted} this test needs"
+        raised >= wanted,
+        "the hard fd limit {raised} is below the {wanted} this test needs"
     );
-    mptcp_policy::set_fd_limit(hard, hard)?;
     Ok(())
 }

@@ -156,3 +156,17 @@ pub fn set_fd_limit(soft: u64, hard: u64) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Raises the soft limit on open files to the hard limit and returns the new soft limit.
+/// The usual soft default of 1024 would cap a proxy at a few hundred relayed
+/// connections; the hard limit is what the operator (or systemd's `LimitNOFILE`) granted.
+///
+/// # Errors
+/// When the limit cannot be read or set.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let (soft, hard) = fd_limit()?;
+    if soft < hard {
+        set_fd_limit(hard, hard)?;
+    }
+    Ok(hard)
+}
