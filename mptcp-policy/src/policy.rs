@@ -293,6 +293,34 @@ impl Policy {
         }
     }
 
+    /// The match for a request by `name` when no address can change it: a name rule
+    /// matches, or the policy has no address or prefix rules (then `*` or the built-in
+    /// default). `None` means the answer depends on the address: resolve the name and use
+    /// [`Policy::lookup`]. Lets a proxy hand a name to an upstream without resolving it.
+    pub fn lookup_name(&self, name: &str) -> Option<Match<'_>> {
+        let index = &self.index;
+        let hit = match self.match_name(name) {
+            Some(i) => Some(i),
+            None if index.addrs.is_empty()
+                && index.prefixes_v4.is_empty()
+                && index.prefixes_v6.is_empty() =>
+            {
+                index.any
+            }
+            None => return None,
+        };
+        Some(match hit {
+            Some(i) => Match {
+                settings: self.rules[i].settings,
+                rule: Some(&self.rules[i]),
+            },
+            None => Match {
+                settings: Settings::default(),
+                rule: None,
+            },
+        })
+    }
+
     /// Whether a connection to `addr`, requested by `name` if the client gave a name, may
     /// go ahead. `protected` says whether `addr` is the proxy's own host or link-local
     /// (the caller knows the host's addresses; this crate does not look).

@@ -3,9 +3,12 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
+
+use crate::upstream::Upstream;
 
 /// Username and password a client must present (RFC 1929).
 #[derive(Clone, PartialEq, Eq)]
@@ -27,6 +30,11 @@ impl Auth {
     #[must_use]
     pub fn username(&self) -> &str {
         &self.username
+    }
+
+    /// The password, for the client side (an upstream's credentials).
+    pub(crate) fn password(&self) -> &str {
+        &self.password
     }
 
     /// Checks both fields in full (no early exit on the first differing byte), so the time
@@ -110,6 +118,14 @@ pub struct ServerConfig {
     pub max_connect_attempts: usize,
     /// How long in-flight connections may continue after shutdown was requested.
     pub shutdown_grace: Duration,
+    /// Upstream SOCKS5 servers that rules send destinations through (`via=NAME`).
+    pub upstreams: Vec<Upstream>,
+    /// How long what `via=auto:NAME` learned about a destination holds.
+    pub auto_ttl: Duration,
+    /// Serve SOCKS5 inside TLS with this configuration ([`tls_server_config`]).
+    ///
+    /// [`tls_server_config`]: crate::tls_server_config
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +148,9 @@ impl Default for ServerConfig {
             connect_timeout: Duration::from_secs(10),
             max_connect_attempts: 4,
             shutdown_grace: Duration::from_secs(5),
+            upstreams: Vec::new(),
+            auto_ttl: Duration::from_secs(3600),
+            tls: None,
         }
     }
 }

@@ -70,6 +70,15 @@ pub enum Error {
         /// The configured connect timeout.
         timeout: Duration,
     },
+    /// The upstream a rule sends the destination through could not connect to it: its
+    /// reply, which the client gets as it is.
+    #[error("upstream {upstream} could not connect to the destination (reply {:#04x})", reply.as_u8())]
+    Upstream {
+        /// The upstream's name.
+        upstream: mptcp_policy::UpstreamName,
+        /// Its reply.
+        reply: Reply,
+    },
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -103,6 +112,7 @@ impl Error {
             Error::ConnectTimeout { .. } | Error::HandshakeTimeout(_) => Reply::TtlExpired,
             Error::Connect { source, .. } | Error::Io(source) => io_reply(source),
             Error::Version(_) | Error::Protocol(_) => Reply::GeneralFailure,
+            Error::Upstream { reply, .. } => *reply,
         }
     }
 

@@ -77,6 +77,7 @@ mod connect;
 mod error;
 mod guard;
 mod inventory;
+mod learned;
 mod policy_handle;
 mod registry;
 mod relay;
@@ -101,12 +102,18 @@ pub use error::Error;
 #[cfg(feature = "userspace-pm")]
 pub use inventory::keep_inventory;
 pub use inventory::{LocalAddresses, LocalEndpoint, interface_name};
+pub use learned::{Learned, LearnedAddress};
 pub use policy_handle::PolicyHandle;
 pub use registry::{Connection, Connections};
+/// The TLS library of [`ServerConfig::tls`] and [`tls_server_config`].
+pub use rustls;
 pub use server::{Server, serve};
 pub use socks5::Reply;
 pub use stats::{Stats, StatsSnapshot};
 pub use throttle::LogThrottle;
-pub use upstream::{Upstream, UpstreamError, UpstreamHost};
+pub use upstream::{
+    FailureKind, Fingerprint, Upstream, UpstreamError, UpstreamFailure, UpstreamHost,
+    UpstreamStatus, tls_server_config,
+};
 #[cfg(feature = "userspace-pm")]
 pub use userspace_pm::{PmError, UserspacePm, start_userspace_pm};

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use mptcp_policy::{Destination, Settings, SubflowInfo, Transport};
+use mptcp_policy::{Destination, Settings, SubflowInfo, Transport, UpstreamName};
 use tokio::net::TcpStream;
 
 /// A relayed connection as the proxy opened it.
@@ -21,7 +21,7 @@ pub struct Connection {
     pub client: SocketAddr,
     /// The target as the client asked for it: `name:port` or `address:port`.
     pub target: String,
-    /// The address the proxy connected to.
+    /// The address the proxy connected to: the destination, or the upstream.
     pub remote: SocketAddr,
     /// The proxy's end of the outbound connection (of its first subflow).
     pub local: SocketAddr,
@@ -33,6 +33,10 @@ pub struct Connection {
     pub transport: Transport,
     /// The MPTCP connection token, which the path-manager netlink events carry.
     pub token: Option<u32>,
+    /// The upstream the connection goes through; `None` when direct.
+    pub via: Option<UpstreamName>,
+    /// Why it went direct although its rule names an upstream (not configured, failed).
+    pub why_direct: Option<String>,
     /// When the outbound connection was established.
     pub since: SystemTime,
     /// The subflows now, read from the socket by [`Connections::list`]; empty unless MPTCP

@@ -63,6 +63,54 @@ impl AsyncWrite for SharedStream {
     }
 }
 
+/// The outbound side of a relay: the socket itself, or TLS over it (towards a TLS
+/// upstream). Both keep the socket shared with the registry.
+#[derive(Debug)]
+pub(crate) enum OutboundIo {
+    Plain(SharedStream),
+    Tls(Box<tokio_rustls::client::TlsStream<SharedStream>>),
+}
+
+impl AsyncRead for OutboundIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            OutboundIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            OutboundIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for OutboundIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            OutboundIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            OutboundIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            OutboundIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            OutboundIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            OutboundIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            OutboundIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// What a relay moved: bytes each way, and when data last moved (milliseconds since the
 /// relay began), for the idle timeout.
 #[derive(Debug)]

@@ -14,18 +14,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::{Auth, ServerConfig};
-use crate::connect::{Target, connect};
+use crate::connect::{Connector, Target};
 use crate::error::Error;
 use crate::guard::{
     AuthFailures, ConnectionLimits, HostAddresses, LimitHit, Slot, is_local_network,
 };
+use crate::learned::Learned;
 use crate::policy_handle::PolicyHandle;
 use crate::registry::{Connection, Connections};
-use crate::relay::{Activity, SUBFLOW_SAMPLE, SharedStream, SubflowsSeen, Watched, idle_for};
+use crate::relay::{Activity, SUBFLOW_SAMPLE, SubflowsSeen, Watched, idle_for};
 use crate::resolve::NameResolver;
 use crate::socks5::{self, Command, Reply, TargetAddr};
 use crate::stats::Stats;
 use crate::throttle::LogThrottle;
+use crate::upstream::{UpstreamStatus, Upstreams};
 
 /// Buffer per relay direction. Measured on this kind of host: 8 KiB buffers cost about a
 /// tenth of the throughput of 256 KiB; 64 KiB gets most of the gain at a quarter of the memory.
@@ -48,6 +50,10 @@ struct Shared {
     stats: Stats,
     connections: Connections,
     resolver: NameResolver,
+    /// The configured upstreams and their health.
+    upstreams: Upstreams,
+    /// What `auto:NAME` rules learned.
+    learned: Arc<Learned>,
     /// Clients that authenticated once while `auth_once` is on (microsocks `-1`).
     authenticated: Mutex<HashSet<IpAddr>>,
     /// The host's own addresses, which destinations are checked against.
@@ -153,9 +159,12 @@ impl Server {
     ///
     /// # Errors
     ///
-    /// When the name resolver cannot be set up.
+    /// When the name resolver cannot be set up, or an upstream cannot: a user without a
+    /// password, two with one name, TLS without a pin on a host without root certificates.
     pub fn new(config: ServerConfig, policy: PolicyHandle) -> io::Result<Server> {
         let resolver = NameResolver::from_system()?;
+        let upstreams = Upstreams::new(&config.upstreams).map_err(io::Error::other)?;
+        let learned = Arc::new(Learned::new(config.auto_ttl));
         let limits = Arc::new(ConnectionLimits::new(
             config.max_connections,
             config.max_connections_per_client,
@@ -168,6 +177,8 @@ impl Server {
                 stats: Stats::default(),
                 connections: Connections::default(),
                 resolver,
+                upstreams,
+                learned,
                 authenticated: Mutex::new(HashSet::new()),
                 host: HostAddresses::default(),
                 limits,
@@ -263,7 +274,17 @@ impl Server {
                         }
                         let shared = Arc::clone(shared);
                         connections.spawn(async move {
-                            handle_client(&shared, stream, client, slot).await;
+                            match shared.config.tls.clone() {
+                                None => handle_client(&shared, stream, client, slot).await,
+                                Some(tls) => {
+                                    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                                    match tokio::time::timeout(shared.config.handshake_timeout, accept).await {
+                                        Ok(Ok(stream)) => handle_client(&shared, stream, client, slot).await,
+                                        Ok(Err(err)) => tracing::debug!(%client, error = %err, "TLS handshake failed"),
+                                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+                                    }
+                                }
+                            }
                         });
                     }
                     Err(err) => {
@@ -310,6 +331,16 @@ impl Server {
     /// The live relayed connections; clones list the same ones.
     pub fn connections(&self) -> &Connections {
         &self.shared.connections
+    }
+
+    /// Each configured upstream's health, by name.
+    pub fn upstreams(&self) -> Vec<UpstreamStatus> {
+        self.shared.upstreams.status()
+    }
+
+    /// What `via=auto:NAME` rules learned about destinations.
+    pub fn learned(&self) -> &Learned {
+        &self.shared.learned
     }
 }
 
@@ -359,15 +390,16 @@ where
     // Loaded once per connection: a policy stored meanwhile applies to the next one.
     let policy = shared.policy.load();
     let never_connect = shared.never_connect.load();
-    let connected = connect(
-        &target,
-        &policy,
-        &shared.resolver,
-        &shared.config,
-        &never_connect,
-        &shared.host,
-    )
-    .await;
+    let connector = Connector {
+        policy: &policy,
+        resolver: &shared.resolver,
+        config: &shared.config,
+        never_connect: &never_connect,
+        host: &shared.host,
+        upstreams: &shared.upstreams,
+        learned: &shared.learned,
+    };
+    let connected = connector.connect(&target, &target_addr).await;
     drop(policy);
     let outbound = match connected {
         Ok(outbound) => outbound,
@@ -385,8 +417,9 @@ where
     };
 
     shared.stats.connected(outbound.transport);
-    let bound = outbound.stream.local_addr()?;
-    let outbound_stream = Arc::new(outbound.stream);
+    let bound = outbound.socket.local_addr()?;
+    let outbound_socket = Arc::clone(&outbound.socket);
+    let via = outbound.via.clone();
     let registration = shared.connections.register(
         Connection {
             id: 0,
@@ -398,21 +431,26 @@ where
             settings: outbound.settings,
             transport: outbound.transport,
             token: outbound.token,
+            via: outbound.via.clone(),
+            why_direct: outbound.why_direct.clone(),
             since: SystemTime::now(),
             subflows: Vec::new(),
         },
-        Arc::clone(&outbound_stream),
+        Arc::clone(&outbound.socket),
     );
     let rule = outbound
         .rule
         .as_ref()
         .map_or_else(|| "default".to_owned(), ToString::to_string);
+    let via_name = via.as_ref().map_or("direct", |name| name.as_str());
     tracing::info!(
         id = registration.id(),
         %client,
         target = %target_addr,
         addr = %outbound.addr,
         rule,
+        via = via_name,
+        why_direct = outbound.why_direct.as_deref(),
         transport = %outbound.transport,
         "connected"
     );
@@ -428,7 +466,7 @@ where
             upstream: true,
         };
         let mut outbound_side = Watched {
-            inner: SharedStream(Arc::clone(&outbound_stream)),
+            inner: outbound.io,
             activity: &activity,
             upstream: false,
         };
@@ -453,7 +491,7 @@ where
     // Subflows come and go (a link fails, another joins), and at the end they are being
     // torn down: the closing line reports every one seen, with the most it carried.
     if mptcp {
-        seen.sample(&*outbound_stream);
+        seen.sample(&*outbound_socket);
     }
     let paths = mptcp.then(|| seen.describe());
     let id = registration.id();
@@ -469,6 +507,7 @@ where
         id,
         %client,
         target = %target_addr,
+        via = via_name,
         up,
         down,
         %seconds,

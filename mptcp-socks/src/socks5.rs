@@ -67,6 +67,21 @@ impl Reply {
             Reply::AddressTypeNotSupported => 0x08,
         }
     }
+
+    /// The reply for a code on the wire; codes RFC 1928 does not define are general failures.
+    pub(crate) fn from_u8(code: u8) -> Reply {
+        match code {
+            0x00 => Reply::Succeeded,
+            0x02 => Reply::ConnectionNotAllowed,
+            0x03 => Reply::NetworkUnreachable,
+            0x04 => Reply::HostUnreachable,
+            0x05 => Reply::ConnectionRefused,
+            0x06 => Reply::TtlExpired,
+            0x07 => Reply::CommandNotSupported,
+            0x08 => Reply::AddressTypeNotSupported,
+            _ => Reply::GeneralFailure,
+        }
+    }
 }
 
 /// The target of a request as the client named it.

@@ -277,3 +277,29 @@ fn new_refuses_duplicates() {
     let err = Policy::new(vec![rule.clone(), rule]).unwrap_err();
     assert!(matches!(err, Error::Duplicate { .. }));
 }
+
+#[test]
+fn lookup_name_answers_only_when_no_address_can_change_it() {
+    let names =
+        Policy::parse("*.example.com,0,default,default\n*,1,default,default,via=vps\n").unwrap();
+    let hit = names.lookup_name("www.Example.com.").expect("name rule");
+    assert!(!hit.settings.mptcp);
+    let any = names
+        .lookup_name("other.org")
+        .expect("no address rules: the catch-all");
+    assert_eq!(any.rule.map(|r| r.via.to_string()), Some("vps".to_owned()));
+    assert_eq!(
+        Policy::default()
+            .lookup_name("a.org")
+            .map(|m| m.rule.is_none()),
+        Some(true)
+    );
+
+    let mixed =
+        Policy::parse("*.example.com,0,default,default\n10.0.0.0/8,0,default,default\n").unwrap();
+    assert!(mixed.lookup_name("www.example.com").is_some());
+    assert!(
+        mixed.lookup_name("other.org").is_none(),
+        "an address rule could match what the name resolves to"
+    );
+}

@@ -19,6 +19,7 @@ use std::str::FromStr;
 use mptcp_policy::UpstreamName;
 use percent_encoding::percent_decode_str;
 
+use super::tls::Fingerprint;
 use crate::config::Auth;
 
 /// The upstream's host as the URL names it.
@@ -53,9 +54,41 @@ pub struct Upstream {
     pub tls: bool,
     /// With `tls`: the SHA-256 of its certificate (DER) that must match, instead of a
     /// check against the system roots.
-    pub pin: Option<[u8; 32]>,
-    /// Credentials for its username/password method.
+    pub pin: Option<Fingerprint>,
+    /// Credentials for its username/password method. A URL with `user@` and no
+    /// password leaves the password empty: [`Upstream::password_missing`], to be given
+    /// with [`Upstream::with_password`] (from a file or the environment).
     pub auth: Option<Auth>,
+}
+
+impl Upstream {
+    /// Whether the URL named a user but no password.
+    #[must_use]
+    pub fn password_missing(&self) -> bool {
+        self.auth
+            .as_ref()
+            .is_some_and(|auth| auth.password().is_empty())
+    }
+
+    /// The upstream with this password for its user.
+    ///
+    /// # Errors
+    /// When the URL named no user, or the password is not 1 to 255 bytes (RFC 1929).
+    pub fn with_password(mut self, password: &str) -> Result<Self, UpstreamError> {
+        let Some(auth) = &self.auth else {
+            return Err(UpstreamError::new(format!(
+                "upstream {} names no user for the password (user@host:port)",
+                self.name
+            )));
+        };
+        if !(1..=255).contains(&password.len()) {
+            return Err(UpstreamError::new(
+                "the password must be 1 to 255 bytes (RFC 1929)",
+            ));
+        }
+        self.auth = Some(Auth::new(auth.username(), password));
+        Ok(self)
+    }
 }
 
 // The password must never end up in a log line.
@@ -78,14 +111,16 @@ impl fmt::Display for Upstream {
         let scheme = if self.tls { "socks5+tls" } else { "socks5" };
         write!(f, "{}={scheme}://", self.name)?;
         if let Some(auth) = &self.auth {
-            write!(f, "{}:***@", auth.username().escape_debug())?;
+            let password = if auth.password().is_empty() {
+                ""
+            } else {
+                ":***"
+            };
+            write!(f, "{}{password}@", auth.username().escape_debug())?;
         }
         write!(f, "{}:{}", self.host, self.port)?;
         if let Some(pin) = &self.pin {
-            f.write_str("#sha256=")?;
-            for byte in pin {
-                write!(f, "{byte:02x}")?;
-            }
+            write!(f, "#sha256={pin}")?;
         }
         Ok(())
     }
@@ -154,9 +189,8 @@ impl FromStr for Upstream {
 }
 
 fn parse_userinfo(userinfo: &str) -> Result<Auth, UpstreamError> {
-    let (user, pass) = userinfo.split_once(':').ok_or_else(|| {
-        UpstreamError::new("credentials must be user:pass (percent-encode a ':' in the user)")
-    })?;
+    // `user@` alone: the password comes from elsewhere (`Upstream::with_password`).
+    let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
     let decode = |part: &str, what: &str| {
         percent_decode_str(part)
             .decode_utf8()
@@ -165,7 +199,7 @@ fn parse_userinfo(userinfo: &str) -> Result<Auth, UpstreamError> {
     };
     let (user, pass) = (decode(user, "user")?, decode(pass, "password")?);
     // RFC 1929: each is 1 to 255 bytes.
-    if !(1..=255).contains(&user.len()) || !(1..=255).contains(&pass.len()) {
+    if !(1..=255).contains(&user.len()) || pass.len() > 255 || userinfo.ends_with(':') {
         return Err(UpstreamError::new(
             "the user and the password must be 1 to 255 bytes each (RFC 1929)",
         ));
@@ -215,7 +249,7 @@ fn is_host_name(host: &str) -> bool {
         })
 }
 
-fn parse_pin(fragment: &str) -> Result<[u8; 32], UpstreamError> {
+fn parse_pin(fragment: &str) -> Result<Fingerprint, UpstreamError> {
     let bad = || UpstreamError::new("the pin must be #sha256= and 64 hex digits (colons allowed)");
     let hex: Vec<u8> = fragment
         .strip_prefix("sha256=")
@@ -231,7 +265,7 @@ fn parse_pin(fragment: &str) -> Result<[u8; 32], UpstreamError> {
         let digits = std::str::from_utf8(pair).map_err(|_| bad())?;
         *byte = u8::from_str_radix(digits, 16).map_err(|_| bad())?;
     }
-    Ok(pin)
+    Ok(Fingerprint(pin))
 }
 
 #[cfg(test)]
@@ -267,7 +301,7 @@ mod tests {
                 .expect("tls");
         assert!(tls.tls);
         assert_eq!(tls.host, UpstreamHost::Name("vps.example.org".into()));
-        assert_eq!(tls.pin.expect("pin")[..2], [0x00, 0x11]);
+        assert_eq!(tls.pin.expect("pin").0[..2], [0x00, 0x11]);
         let auth = tls.auth.as_ref().expect("auth");
         assert_eq!(auth.username(), "al@ice");
         assert!(auth.matches(b"al@ice", b"p:ss"));
@@ -302,7 +336,7 @@ mod tests {
             ("vps=socks5://10.0.0.1:70000", "1 to 65535"),
             ("vps=socks5://[2001:db8::1:1080", "closing ']'"),
             ("vps=socks5://bad_host!:1080", "the host must be"),
-            ("vps=socks5://user@h:1080", "user:pass"),
+            ("vps=socks5://user:@h:1080", "1 to 255"),
             ("vps=socks5://:pw@h:1080", "1 to 255"),
             ("vps=socks5://h:1080#sha256=00", "needs socks5+tls"),
             ("vps=socks5+tls://h:1080#sha256=xyz", "64 hex digits"),
@@ -311,6 +345,26 @@ mod tests {
             let err = text.parse::<Upstream>().expect_err(text).to_string();
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn a_user_without_password_waits_for_one() {
+        let upstream: Upstream = "vps=socks5://alice@h:1080".parse().expect("parses");
+        assert!(upstream.password_missing());
+        assert_eq!(upstream.to_string(), "vps=socks5://alice@h:1080");
+        let upstream = upstream.with_password("pw").expect("password");
+        assert!(!upstream.password_missing());
+        assert!(
+            upstream
+                .auth
+                .as_ref()
+                .expect("auth")
+                .matches(b"alice", b"pw")
+        );
+        let anonymous: Upstream = "vps=socks5://h:1080".parse().expect("parses");
+        assert!(!anonymous.password_missing());
+        let err = anonymous.with_password("pw").expect_err("no user");
+        assert!(err.to_string().contains("names no user"), "{err}");
     }
 
     #[test]
