@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, parser::ValueSource};
 use mptcp_policy::PmMode;
-use mptcp_socks::{Auth, ServerConfig};
+use mptcp_socks::{Auth, ServerConfig, Upstream, UpstreamError};
 
 use crate::daemon::{ApiListen, DaemonConfig, DaemonError};
 use crate::daemon_support::read_secret_file;
@@ -107,6 +107,21 @@ pub struct Args {
     /// is closed; 0 keeps idle connections open.
     #[arg(long, default_value_t = 3600)]
     idle_timeout: u64,
+    /// An upstream SOCKS5 server that rules can send destinations through (via=NAME, or
+    /// via=auto:NAME): NAME=socks5://[USER[:PASS]@]HOST:PORT, or socks5+tls://... with
+    /// #sha256=HEX to pin its certificate (without a pin it is checked against the system
+    /// roots). Repeatable. A password left out of the URL comes from
+    /// MPTCP_SOCKS_UPSTREAM_<NAME>_PASSWORD (NAME in capitals, '-' as '_') or
+    /// --upstream-password-file.
+    #[arg(long = "upstream", value_name = "NAME=URL")]
+    upstreams: Vec<String>,
+    /// NAME=FILE: upstream NAME's password is the first line of FILE. Repeatable.
+    #[arg(long = "upstream-password-file", value_name = "NAME=FILE")]
+    upstream_password_files: Vec<String>,
+    /// Seconds that what via=auto:NAME learned about a destination (whether it speaks
+    /// MPTCP itself) holds before it is checked again.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    auto_ttl: u64,
 }
 
 fn parse_api(s: &str) -> Result<ApiListen, String> {
@@ -193,6 +208,7 @@ impl Cli {
             .user
             .zip(args.password)
             .map(|(user, password)| Auth::new(user, password));
+        let upstreams = upstreams(&args.upstreams, &args.upstream_password_files)?;
         let max_connections = args.max_connections.map_or_else(
             || connections_for_fd_limit(fd_limit),
             |n| usize::try_from(n).unwrap_or(usize::MAX),
@@ -217,6 +233,8 @@ impl Cli {
                 bind_addr: args.bind,
                 handshake_timeout: Duration::from_secs(args.handshake_timeout),
                 connect_timeout: Duration::from_secs(args.connect_timeout),
+                upstreams,
+                auto_ttl: Duration::from_secs(args.auto_ttl),
                 ..ServerConfig::default()
             },
         })
@@ -230,6 +248,63 @@ fn secret_from(path: &Path) -> Result<String, DaemonError> {
         tracing::warn!("{warning}");
     }
     Ok(secret)
+}
+
+/// The `--upstream` URLs parsed (a refusal never repeats the password), each password
+/// the URL leaves out taken from its file or the environment.
+fn upstreams(urls: &[String], password_files: &[String]) -> Result<Vec<Upstream>, DaemonError> {
+    let bad = |message: String| DaemonError::Upstream(message);
+    let mut files = Vec::new();
+    for entry in password_files {
+        let (name, path) = entry.split_once('=').ok_or_else(|| {
+            bad(format!(
+                "--upstream-password-file {entry:?}: expected NAME=FILE"
+            ))
+        })?;
+        files.push((name.to_owned(), PathBuf::from(path)));
+    }
+    let mut upstreams = Vec::new();
+    for url in urls {
+        let mut upstream: Upstream = url
+            .parse()
+            .map_err(|e: UpstreamError| bad(format!("--upstream: {e}")))?;
+        let name = upstream.name.as_str().to_owned();
+        if upstream.password_missing() {
+            let variable = format!(
+                "MPTCP_SOCKS_UPSTREAM_{}_PASSWORD",
+                name.to_ascii_uppercase().replace('-', "_")
+            );
+            let password = match files.iter().find(|(n, _)| *n == name) {
+                Some((_, path)) => secret_from(path)?,
+                None => std::env::var(&variable).map_err(|_| {
+                    bad(format!(
+                        "upstream {name} names a user but no password: add it to the URL \
+                         (user:pass@), set {variable}, or use --upstream-password-file {name}=FILE"
+                    ))
+                })?,
+            };
+            upstream = upstream
+                .with_password(&password)
+                .map_err(|e| bad(e.to_string()))?;
+        } else if upstream.auth.is_some() {
+            tracing::warn!(
+                upstream = %upstream,
+                "the password in --upstream can be read by every local user in \
+                 /proc/PID/cmdline; leave it out of the URL and use \
+                 --upstream-password-file or the environment"
+            );
+        }
+        upstreams.push(upstream);
+    }
+    if let Some((name, _)) = files
+        .iter()
+        .find(|(name, _)| !upstreams.iter().any(|u| u.name.as_str() == name))
+    {
+        return Err(bad(format!(
+            "--upstream-password-file names {name:?}, which no --upstream has"
+        )));
+    }
+    Ok(upstreams)
 }
 
 /// File descriptors kept back from client connections: the listeners, the API's
@@ -299,6 +374,55 @@ mod tests {
         ] {
             let args = std::iter::once("mptcp-socksd").chain(bad.iter().copied());
             assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upstreams_take_their_password_from_a_file_or_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "from-file\n").expect("write");
+        let c = config(&[
+            "--upstream",
+            "vps=socks5://box@10.0.0.1:1080",
+            "--upstream-password-file",
+            &format!("vps={}", file.display()),
+            "--upstream",
+            "open=socks5://10.0.0.2:1080",
+        ]);
+        let upstreams = &c.server.upstreams;
+        assert_eq!(upstreams.len(), 2);
+        let auth = upstreams[0].auth.as_ref().expect("auth");
+        assert_eq!(*auth, Auth::new("box", "from-file"));
+        assert!(upstreams[1].auth.is_none());
+    }
+
+    #[test]
+    fn bad_upstreams_stop_startup_without_repeating_the_password() {
+        for (args, needle) in [
+            (
+                &["--upstream", "vps=socks5://u:s3cret@h"][..],
+                "needs a port",
+            ),
+            (&["--upstream", "vps=http://h:1"], "expected NAME="),
+            (
+                &["--upstream", "no-pw-set=socks5://u@h:1"],
+                "MPTCP_SOCKS_UPSTREAM_NO_PW_SET_PASSWORD",
+            ),
+            (
+                &["--upstream-password-file", "x=/nonexistent"],
+                "which no --upstream has",
+            ),
+            (&["--upstream-password-file", "x"], "expected NAME=FILE"),
+        ] {
+            let all = std::iter::once("mptcp-socksd").chain(args.iter().copied());
+            let err = Cli::try_parse_from(all)
+                .expect("flags parse")
+                .into_config(4096)
+                .expect_err("refused")
+                .to_string();
+            assert!(err.contains(needle), "{args:?}: {err}");
+            assert!(!err.contains("s3cret"), "{err}");
         }
     }
 

@@ -86,6 +86,9 @@ pub enum DaemonError {
     /// A secret file could not be used.
     #[error("{0}")]
     Secret(String),
+    /// An `--upstream` (or its password) is malformed or incomplete.
+    #[error("{0}")]
+    Upstream(String),
     /// A listener could not be bound.
     #[error("cannot listen for {what} on {addr}")]
     Bind {
@@ -315,7 +318,7 @@ impl Daemon {
         let rest = Api::new(store.clone())
             .token(config.api_token)
             .host(Host::new(config.path_manager).local_addresses(inventory.clone()))
-            .connections(connections.clone());
+            .server(server.clone());
         let api_task = match api {
             Some(ApiListener::Tcp(listener)) => {
                 if let Ok(bound) = listener.local_addr() {

@@ -41,8 +41,8 @@ mod watch;
 
 pub use api::{
     Api, ApiLimits, BODY_LIMIT, Capabilities, ConnectionView, DESTINATION_ESCAPES, Health,
-    LocalAddressView, RuleRequest, RuleView, SubflowView, UnixApiSocket, routes, rule_location,
-    rule_path, serve_api,
+    LearnedView, LocalAddressView, RuleRequest, RuleView, SubflowView, UnixApiSocket,
+    UpstreamFailureView, UpstreamView, routes, rule_location, rule_path, serve_api,
 };
 pub use cli::{Args, Cli};
 pub use client::{ApiClient, ClientError};

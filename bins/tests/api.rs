@@ -1005,10 +1005,9 @@ async fn mptcpctl_against_a_served_api() {
     .await
     .expect("mptcpctl runs");
 
-    let (code, out, err) = &results[results.len() - 2];
-    assert_eq!(*code, Some(0), "{err}");
-    assert!(out.contains(", via vps"), "{out}");
-    assert!(out.contains("not in effect here: via=vps"), "{out}");
+    let (code, _, err) = &results[results.len() - 2];
+    assert_eq!(*code, Some(1), "the daemon has no upstream vps: {err}");
+    assert!(err.contains("no upstream named vps is configured"), "{err}");
     let (code, _, err) = &results[results.len() - 1];
     assert_eq!(*code, Some(2), "a bad --via is a usage error: {err}");
     assert!(err.contains("upstream name"), "{err}");
@@ -1549,6 +1548,7 @@ async fn live_connections_through_a_real_socks_server() {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let socks_server =
         Server::new(ServerConfig::default(), f.store.handle().clone()).expect("server");
+    let api = Api::new(f.store.clone()).server(socks_server.clone());
     let connections = socks_server.connections().clone();
     let server = tokio::spawn(async move {
         socks_server
@@ -1576,7 +1576,6 @@ async fn live_connections_through_a_real_socks_server() {
     .expect("client");
     let client_addr = client.local_addr().expect("addr");
 
-    let api = Api::new(f.store.clone()).connections(connections.clone());
     let answer = send(&api, "GET", "/connections", None, &[]).await;
     assert_eq!(answer.status, StatusCode::OK);
     let list = answer.body.as_array().expect("array");
@@ -1701,15 +1700,20 @@ async fn access_is_set_through_the_rule_files_parser() {
 /// `via` goes through the API into the rule file and back, a seed-shaped body leaves it
 /// out, and until chaining is built a rule with an upstream says it is not in effect.
 #[tokio::test]
-async fn via_is_stored_written_and_reported_not_in_effect() {
+async fn via_must_name_a_configured_upstream_and_is_written_to_the_file() {
     let f = fixture(None);
+    let config = ServerConfig {
+        upstreams: vec!["vps=socks5://192.0.2.1:1080".parse().expect("upstream")],
+        ..ServerConfig::default()
+    };
+    let server = Server::new(config, f.store.handle().clone()).expect("server");
+    let api = Api::new(f.store.clone()).server(server);
+    let json = [("content-type", "application/json")];
     let body = r#"{"ip": "10.0.0.0/8", "enable": "1", "via": "auto:vps"}"#;
-    let answer = call(&f.store, "POST", "/rules", Some(body)).await;
+    let answer = send(&api, "POST", "/rules", Some(body), &json).await;
     assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
     assert_eq!(answer.body["via"], "auto:vps");
-    assert_eq!(answer.body["in_effect"], false);
-    let reasons = answer.body["not_in_effect"].to_string();
-    assert!(reasons.contains("via=auto:vps"), "{reasons}");
+    assert_eq!(answer.body["in_effect"], true, "{}", answer.body);
     assert_eq!(
         fs::read_to_string(&f.path).expect("file"),
         "10.0.0.0/8,1,default,default,via=auto:vps,\n.\n"
@@ -1718,7 +1722,7 @@ async fn via_is_stored_written_and_reported_not_in_effect() {
 
     // `direct` is the default: not written, not answered.
     let body = r#"{"ip": "10.0.0.0/8", "enable": "1", "via": "direct"}"#;
-    let answer = call(&f.store, "POST", "/rules", Some(body)).await;
+    let answer = send(&api, "POST", "/rules", Some(body), &json).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert!(answer.body.get("via").is_none(), "{}", answer.body);
     assert_eq!(
@@ -1726,15 +1730,49 @@ async fn via_is_stored_written_and_reported_not_in_effect() {
         "10.0.0.0/8,1,default,default,\n.\n"
     );
 
-    for bad in ["", "auto:", "a,b", "x=y", "direct2 x"] {
+    for bad in [
+        "",
+        "auto:",
+        "a,b",
+        "x=y",
+        "direct2 x",
+        "other",
+        "auto:other",
+    ] {
         let body = json!({"ip": "10.0.0.0/8", "enable": "1", "via": bad}).to_string();
-        let answer = call(&f.store, "POST", "/rules", Some(&body)).await;
+        let answer = send(&api, "POST", "/rules", Some(&body), &json).await;
         assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
         assert_eq!(answer.body["field"], "via", "{bad:?}: {}", answer.body);
     }
+    let answer = send(
+        &api,
+        "POST",
+        "/rules",
+        Some(r#"{"ip": "a.org", "enable": "1", "via": "other"}"#),
+        &json,
+    )
+    .await;
+    assert_eq!(
+        error_of(&answer),
+        "no upstream named other is configured (it has vps); start mptcp-socksd with --upstream other=URL"
+    );
     assert_eq!(
         fs::read_to_string(&f.path).expect("file"),
         "10.0.0.0/8,1,default,default,\n.\n",
         "a refused via changed the file"
+    );
+
+    // A rule file may name an upstream the daemon lacks (written for another start):
+    // it loads, and the rule is shown not in effect, its connections going direct.
+    fs::write(&f.path, "10.0.0.0/8,1,default,default,via=gone\n").expect("write");
+    f.store.reload().await.expect("reload");
+    let answer = send(&api, "GET", "/rules", None, &[]).await;
+    let rule = &answer.body[0];
+    assert_eq!(rule["in_effect"], false, "{rule}");
+    assert!(
+        rule["not_in_effect"][0].as_str().expect("reason").contains(
+            "no upstream named gone is configured, so connections to this destination go direct"
+        ),
+        "{rule}"
     );
 }

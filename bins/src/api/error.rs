@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 
-use mptcp_policy::{Field, Limitation};
+use mptcp_policy::{Field, Limitation, UpstreamName};
 use serde_json::{Map, Value};
 use warp::Rejection;
 use warp::http::{HeaderValue, Method, StatusCode, header};
@@ -193,6 +193,24 @@ impl ApiError {
             field,
             ..ApiError::new(ErrorKind::InvalidRule, message)
         })
+    }
+
+    /// A `via` naming an upstream the daemon was not started with.
+    pub(super) fn unknown_upstream(name: &UpstreamName, configured: &[UpstreamName]) -> Self {
+        let have = if configured.is_empty() {
+            "it has none".to_owned()
+        } else {
+            let names: Vec<&str> = configured.iter().map(UpstreamName::as_str).collect();
+            format!("it has {}", names.join(", "))
+        };
+        ApiError::new(
+            ErrorKind::InvalidRule,
+            format!(
+                "no upstream named {name} is configured ({have}); start mptcp-socksd with \
+                 --upstream {name}=URL"
+            ),
+        )
+        .field("via")
     }
 
     /// The status this error is answered with.

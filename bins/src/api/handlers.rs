@@ -13,8 +13,8 @@ use super::auth::Access;
 use super::body::{parse_request, requested_rule};
 use super::error::{ApiError, ErrorKind};
 use super::wire::{
-    Capabilities, ConnectionView, Health, LocalAddressView, RuleView, decode_destination,
-    rule_location,
+    Capabilities, ConnectionView, Health, LearnedView, LocalAddressView, RuleView, UpstreamView,
+    decode_destination, rule_location,
 };
 use crate::diagnosis::{Severity, kernel_notes};
 use crate::store::RuleStore;
@@ -53,19 +53,32 @@ pub(super) fn health_handler(method: Method, access: Access, _body: Vec<u8>, api
         return ApiError::method_not_allowed(&method, "GET").into_response();
     }
     let store = &api.store;
+    let upstreams: Vec<UpstreamView> = api
+        .server
+        .as_ref()
+        .map(|server| server.upstreams().iter().map(UpstreamView::from).collect())
+        .unwrap_or_default();
+    // An upstream that failed last means its destinations go direct: no aggregation.
+    let status = if upstreams.iter().any(|u| u.state == "down") {
+        "degraded"
+    } else {
+        "ok"
+    };
     let health = if access == Access::Authorized {
         Health {
-            status: "ok".into(),
+            status: status.into(),
             rules: Some(store.policy().rules().len()),
             rule_file: Some(store.path().display().to_string()),
             last_reload_error: store.last_reload_error(),
+            upstreams,
         }
     } else {
         Health {
-            status: "ok".into(),
+            status: status.into(),
             rules: None,
             rule_file: None,
             last_reload_error: None,
+            upstreams: Vec::new(),
         }
     };
     json_response(StatusCode::OK, &health)
@@ -106,21 +119,53 @@ pub(super) fn connections_handler(method: Method, _body: Vec<u8>, api: Api) -> R
         return ApiError::method_not_allowed(&method, "GET").into_response();
     }
     let connections: Vec<ConnectionView> = api
-        .connections
-        .list()
-        .iter()
-        .map(ConnectionView::from)
-        .collect();
+        .server
+        .as_ref()
+        .map(|server| {
+            server
+                .connections()
+                .list()
+                .iter()
+                .map(ConnectionView::from)
+                .collect()
+        })
+        .unwrap_or_default();
     json_response(StatusCode::OK, &connections)
+}
+
+pub(super) fn learned_handler(method: Method, _body: Vec<u8>, api: Api) -> Response {
+    let learned = api.server.as_ref().map(|server| server.learned());
+    match method {
+        Method::GET => {
+            let list: Vec<LearnedView> = learned
+                .map(|learned| learned.list().iter().map(LearnedView::from).collect())
+                .unwrap_or_default();
+            json_response(StatusCode::OK, &list)
+        }
+        Method::DELETE => {
+            if let Some(learned) = learned {
+                learned.forget();
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        _ => ApiError::method_not_allowed(&method, "GET, DELETE").into_response(),
+    }
 }
 
 fn list_rules(api: &Api) -> Response {
     let policy = api.store.policy();
     let kernel = api.host.kernel();
+    let upstreams = api.upstream_names();
     let rules: Vec<RuleView> = policy
         .rules()
         .iter()
-        .map(|rule| RuleView::new(rule, &limitations(&rule.settings, &kernel, api.host.mode())))
+        .map(|rule| {
+            RuleView::new(
+                rule,
+                &limitations(&rule.settings, &kernel, api.host.mode()),
+                &upstreams,
+            )
+        })
         .collect();
     json_response(StatusCode::OK, &rules)
 }
@@ -189,7 +234,13 @@ async fn store_rule(api: &Api, rule: Rule) -> Result<Response, ApiError> {
     if let Some(refusal) = ApiError::refusal(&found) {
         return Err(refusal);
     }
-    let view = RuleView::new(&rule, &found);
+    let upstreams = api.upstream_names();
+    if let Some(name) = rule.via.upstream()
+        && !upstreams.contains(name)
+    {
+        return Err(ApiError::unknown_upstream(name, &upstreams));
+    }
+    let view = RuleView::new(&rule, &found, &upstreams);
     let location = rule_location(&rule.destination);
     let replaced = api.store.upsert(rule).await?;
     if replaced.is_some() {

@@ -10,7 +10,9 @@
 //! | `DELETE /rules/{destination}` | remove (204; 404 if none)                                |
 //! | `GET /capabilities`         | kernel flavour, MPTCP on/off, path-manager mode, schedulers, local addresses |
 //! | `GET /connections`          | the live relayed connections with their subflows           |
-//! | `GET /health`               | status, rule count, rule file, last reload error           |
+//! | `GET /health`               | status, rule count, rule file, last reload error, upstreams |
+//! | `GET /learned`              | what `via=auto:NAME` rules learned: per address, MPTCP or not |
+//! | `DELETE /learned`           | forget it (204), so the next connections check again       |
 //!
 //! `{destination}` is the rule's first field: an address, a CIDR prefix, a name, a wildcard
 //! (`*.example.com`) or `*`. It is percent-decoded, and a `/` may be sent as is or as
@@ -26,8 +28,8 @@
 //! is false, `not_in_effect`: the reasons, each naming the fix where there is one.
 //!
 //! A rule this host can never carry out is refused (422): a scheduler the kernel does not
-//! offer (`net.mptcp.available_schedulers`; the message names those it does), or `binder`
-//! on upstream Linux. A rule that a flag or a sysctl would make work (say `fullmesh`
+//! offer (`net.mptcp.available_schedulers`; the message names those it does), `binder`
+//! on upstream Linux, or a `via` naming an upstream the daemon was not started with. A rule that a flag or a sysctl would make work (say `fullmesh`
 //! without `--path-manager userspace`) is stored and reported as not in effect. The rule
 //! file is not held to this: a file written for another host still loads, with a warning.
 //!
@@ -55,8 +57,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use mptcp_policy::UpstreamName;
 use mptcp_policy::{Rule, limitations};
-use mptcp_socks::Connections;
+use mptcp_socks::Server;
 use warp::Filter;
 use warp::reply::Response;
 
@@ -72,17 +75,21 @@ mod wire;
 
 use auth::{AcceptedHosts, access, check_host, require_token};
 use body::limited_body;
-use handlers::{capabilities_handler, connections_handler, health_handler, rules_handler};
+use handlers::{
+    capabilities_handler, connections_handler, health_handler, learned_handler, rules_handler,
+};
 
 pub use body::BODY_LIMIT;
 pub use server::{ApiLimits, UnixApiSocket};
 pub use wire::{
-    Capabilities, ConnectionView, DESTINATION_ESCAPES, Health, LocalAddressView, RuleRequest,
-    RuleView, SubflowView, rule_location, rule_path,
+    Capabilities, ConnectionView, DESTINATION_ESCAPES, Health, LearnedView, LocalAddressView,
+    RuleRequest, RuleView, SubflowView, UpstreamFailureView, UpstreamView, rule_location,
+    rule_path,
 };
 
-/// The REST API: the rule store, the host it judges rules against, the live connections
-/// it lists and the token it requires. Cheap to clone.
+/// The REST API: the rule store, the host it judges rules against, the SOCKS server
+/// whose connections, upstreams and learned answers it shows, and the token it requires.
+/// Cheap to clone.
 ///
 /// ```no_run
 /// # async fn daemon(store: mptcp_socksd::RuleStore, listener: tokio::net::TcpListener) {
@@ -91,12 +98,11 @@ pub use wire::{
 /// use mptcp_socksd::{Api, Host, LocalAddresses};
 ///
 /// let server = Server::new(ServerConfig::default(), store.handle().clone()).unwrap();
-/// let connections = server.connections().clone(); // those the SOCKS server relays
 /// let inventory = LocalAddresses::default(); // refreshed from `ip mptcp endpoint`
 /// Api::new(store)
 ///     .token(Some("secret".into()))
 ///     .host(Host::new(PmMode::InKernel).local_addresses(inventory))
-///     .connections(connections)
+///     .server(server) // its connections, upstreams and what it learned
 ///     .serve(listener, std::future::pending())
 ///     .await;
 /// # }
@@ -107,7 +113,8 @@ pub struct Api {
     /// `None`: every request is authorized.
     token: Option<Arc<str>>,
     host: Host,
-    connections: Connections,
+    /// `None`: no connections, no upstreams, nothing learned.
+    server: Option<Server>,
     /// The `Host` values accepted; `None`: not checked (a Unix socket, or routes used
     /// without a listener).
     accepted_hosts: Option<Arc<AcceptedHosts>>,
@@ -121,7 +128,7 @@ impl std::fmt::Debug for Api {
             .field("store", &self.store)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("host", &self.host)
-            .field("connections", &self.connections.len())
+            .field("server", &self.server.is_some())
             .field("accepted_hosts", &self.accepted_hosts)
             .field("limits", &self.limits)
             .finish()
@@ -130,14 +137,14 @@ impl std::fmt::Debug for Api {
 
 impl Api {
     /// The API over `store`, without a token, judging rules against this host probed live
-    /// with the in-kernel path manager and an empty address inventory, listing no
-    /// connections, with the default [`ApiLimits`].
+    /// with the in-kernel path manager and an empty address inventory, without a SOCKS
+    /// server (no connections, no upstreams), with the default [`ApiLimits`].
     pub fn new(store: RuleStore) -> Self {
         Api {
             store,
             token: None,
             host: Host::default(),
-            connections: Connections::default(),
+            server: None,
             accepted_hosts: None,
             limits: ApiLimits::DEFAULT,
         }
@@ -173,11 +180,20 @@ impl Api {
         self
     }
 
-    /// Lists these connections (the SOCKS server's [`mptcp_socks::Server::connections`]).
+    /// Shows `server`'s connections, its upstreams' health and what it learned, and
+    /// judges a rule's `via` against its upstreams.
     #[must_use]
-    pub fn connections(mut self, connections: Connections) -> Self {
-        self.connections = connections;
+    pub fn server(mut self, server: Server) -> Self {
+        self.server = Some(server);
         self
+    }
+
+    /// The names of the upstreams rules may send destinations through.
+    fn upstream_names(&self) -> Vec<UpstreamName> {
+        self.server
+            .as_ref()
+            .map(|server| server.upstreams().into_iter().map(|u| u.name).collect())
+            .unwrap_or_default()
     }
 
     /// The routes, as a warp filter that answers every request (errors become JSON
@@ -215,6 +231,14 @@ impl Api {
             .and(with_api.clone())
             .map(connections_handler);
 
+        let learned = warp::path("learned")
+            .and(warp::path::end())
+            .and(warp::method())
+            .and(require_token(token.clone()))
+            .and(body.clone())
+            .and(with_api.clone())
+            .map(learned_handler);
+
         let health = warp::path("health")
             .and(warp::path::end())
             .and(warp::method())
@@ -231,6 +255,8 @@ impl Api {
                     .or(capabilities)
                     .unify()
                     .or(connections)
+                    .unify()
+                    .or(learned)
                     .unify()
                     .or(health)
                     .unify(),
@@ -289,6 +315,7 @@ impl Api {
         RuleView::new(
             rule,
             &limitations(&rule.settings, &self.host.kernel(), self.host.mode()),
+            &self.upstream_names(),
         )
     }
 }

@@ -5,8 +5,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
-use mptcp_policy::{Access, Destination, Limitation, Rule, Settings, Via};
-use mptcp_socks::Connection;
+use mptcp_policy::{Access, Destination, Limitation, Rule, Settings, UpstreamName, Via};
+use mptcp_socks::{Connection, LearnedAddress, UpstreamStatus};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 
@@ -57,16 +57,17 @@ fn is_direct(via: &str) -> bool {
 }
 
 impl RuleView {
-    /// `rule`, with what keeps it from taking effect (see [`mptcp_policy::limitations`]).
-    ///
-    /// A `via` naming an upstream is stored and shown, and listed as not in effect: this
-    /// version connects directly (chaining through an upstream is being built).
-    pub fn new(rule: &Rule, limitations: &[Limitation]) -> Self {
+    /// `rule`, with what keeps it from taking effect (see [`mptcp_policy::limitations`]):
+    /// also a `via` naming none of the `upstreams` the daemon has (its connections go
+    /// direct).
+    pub fn new(rule: &Rule, limitations: &[Limitation], upstreams: &[UpstreamName]) -> Self {
         let mut not_in_effect: Vec<String> = limitations.iter().map(ToString::to_string).collect();
-        if let Some(name) = rule.via.upstream() {
+        if let Some(name) = rule.via.upstream()
+            && !upstreams.contains(name)
+        {
             not_in_effect.push(format!(
-                "via={}: this version does not chain through upstreams yet; connections to \
-                 this destination go direct (no --upstream {name}=URL can be given)",
+                "via={}: no upstream named {name} is configured, so connections to this \
+                 destination go direct; start mptcp-socksd with --upstream {name}=URL",
                 rule.via
             ));
         }
@@ -97,6 +98,97 @@ pub struct Health {
     /// The last reload of the rule file failed with this (the previous rules are in force).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reload_error: Option<ReloadError>,
+    /// Each `--upstream`, with whether it works.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<UpstreamView>,
+}
+
+/// One upstream in `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamView {
+    /// What rules call it.
+    pub name: String,
+    /// Its URL, without the password.
+    pub url: String,
+    /// `up` (it worked last), `down` (it failed last: its destinations go direct) or
+    /// `unknown` (not used yet).
+    pub state: String,
+    /// Connections it carried.
+    pub connections: u64,
+    /// Of those, how many resumed a TLS session.
+    pub resumed_sessions: u64,
+    /// Seconds since it last carried a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_s_ago: Option<u64>,
+    /// Its last failure, while it is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<UpstreamFailureView>,
+    /// Failures in a row.
+    pub failures_in_a_row: u32,
+    /// Seconds until it is tried again (it is skipped meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_s: Option<u64>,
+}
+
+/// Why an upstream is down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamFailureView {
+    /// `unreachable`, `tls`, `authentication` or `protocol`.
+    pub kind: String,
+    /// What happened.
+    pub message: String,
+}
+
+impl From<&UpstreamStatus> for UpstreamView {
+    fn from(status: &UpstreamStatus) -> Self {
+        UpstreamView {
+            name: status.name.to_string(),
+            url: status.url.clone(),
+            state: status.state().to_owned(),
+            connections: status.connections,
+            resumed_sessions: status.resumed_sessions,
+            last_success_s_ago: status.last_success.map(seconds_since),
+            failure: status.failure.as_ref().map(|f| UpstreamFailureView {
+                kind: f.kind.as_str().to_owned(),
+                message: f.message.clone(),
+            }),
+            failures_in_a_row: status.failures_in_a_row,
+            // Rounded up: "0" would read as "now".
+            retry_in_s: status
+                .retry_in
+                .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+        }
+    }
+}
+
+/// One answer in `GET /learned`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LearnedView {
+    /// The destination address and port.
+    pub address: SocketAddr,
+    /// Whether it speaks MPTCP (then `auto:` rules send it direct).
+    pub mptcp: bool,
+    /// Seconds since it was learned.
+    pub learned_s_ago: u64,
+    /// Seconds it still holds.
+    pub expires_in_s: u64,
+}
+
+impl From<&LearnedAddress> for LearnedView {
+    fn from(learned: &LearnedAddress) -> Self {
+        LearnedView {
+            address: learned.addr,
+            mptcp: learned.mptcp,
+            learned_s_ago: seconds_since(learned.learned_at),
+            expires_in_s: learned.expires_in.as_secs(),
+        }
+    }
+}
+
+fn seconds_since(when: SystemTime) -> u64 {
+    SystemTime::now()
+        .duration_since(when)
+        .map_or(0, |age| age.as_secs())
 }
 
 /// The answer of `GET /capabilities`: what this host offers the rules, now.
@@ -160,8 +252,14 @@ pub struct ConnectionView {
     pub client: SocketAddr,
     /// The target as the client asked for it: `name:port` or `address:port`.
     pub target: String,
-    /// The address the proxy connected to.
+    /// The address the proxy connected to: the destination, or the upstream.
     pub remote: SocketAddr,
+    /// `direct`, or the upstream the connection goes through.
+    #[serde(default = "default_via")]
+    pub via: String,
+    /// Why it went direct although its rule names an upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_direct: Option<String>,
     /// The proxy's end of the first subflow.
     pub local: SocketAddr,
     /// The destination of the matching rule, or `"default"` when none matched.
@@ -198,6 +296,8 @@ impl From<&Connection> for ConnectionView {
             client: c.client,
             target: c.target.clone(),
             remote: c.remote,
+            via: c.via.as_ref().map_or_else(default_via, ToString::to_string),
+            why_direct: c.why_direct.clone(),
             local: c.local,
             rule: c
                 .rule
@@ -205,9 +305,7 @@ impl From<&Connection> for ConnectionView {
                 .map_or_else(|| "default".to_owned(), ToString::to_string),
             transport: c.transport.as_str().to_owned(),
             token: c.token,
-            age_s: SystemTime::now()
-                .duration_since(c.since)
-                .map_or(0, |age| age.as_secs()),
+            age_s: seconds_since(c.since),
             subflows: c
                 .subflows
                 .iter()

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use mptcp_policy::{Access, PathManager, Scheduler, Settings, Via};
-use mptcp_socksd::{ApiClient, Capabilities, ClientError, ConnectionView, RuleRequest, RuleView};
+use mptcp_socksd::{
+    ApiClient, Capabilities, ClientError, ConnectionView, LearnedView, RuleRequest, RuleView,
+    UpstreamView,
+};
 
 /// Manage the per-destination MPTCP policy of a running mptcp-socksd.
 #[derive(Debug, Parser)]
@@ -50,6 +53,12 @@ enum Command {
     /// The live proxied connections, with their subflows and each one's share of traffic.
     #[command(alias = "conns")]
     Connections,
+    /// What via=auto:NAME rules learned: which destinations speak MPTCP (they go direct).
+    Learned {
+        /// Forget it all, so the next connections check again.
+        #[arg(long)]
+        forget: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +195,26 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                     "last reload of the rule file failed, the previous rules are in force: {}",
                     err.message
                 );
+            }
+            for upstream in &health.upstreams {
+                println!("{}", upstream_line(upstream));
+            }
+        }
+        Command::Learned { forget: true } => {
+            client.forget_learned()?;
+            if !cli.json {
+                println!("forgot what auto: rules learned");
+            }
+        }
+        Command::Learned { forget: false } => {
+            let learned = client.learned()?;
+            if cli.json {
+                return print_json(&learned);
+            }
+            if learned.is_empty() {
+                println!("nothing learned (yet): no via=auto:NAME rule has been used");
+            } else {
+                print!("{}", learned_table(&learned));
             }
         }
         Command::Rules(RulesCommand::List) => {
@@ -365,11 +394,48 @@ fn capabilities_text(c: &Capabilities) -> String {
 
 /// One row per connection, then one line per subflow with its share of the connection's
 /// traffic (what shows that every link carries some).
+/// `upstream vps (socks5+tls://...): down, tls: ...; retry in 4s`.
+fn upstream_line(u: &UpstreamView) -> String {
+    let mut line = format!(
+        "upstream {}: {}, {} connection(s)",
+        u.url, u.state, u.connections
+    );
+    if u.resumed_sessions > 0 {
+        let _ = write!(line, " ({} resumed TLS)", u.resumed_sessions);
+    }
+    if let Some(failure) = &u.failure {
+        let _ = write!(
+            line,
+            "; {} failure(s) in a row, last: {}: {}",
+            u.failures_in_a_row, failure.kind, failure.message
+        );
+    }
+    if let Some(retry) = u.retry_in_s {
+        let _ = write!(line, "; its destinations go direct, retried in {retry}s");
+    }
+    line
+}
+
+fn learned_table(learned: &[LearnedView]) -> String {
+    let header = ["DESTINATION", "MPTCP", "ROUTE", "LEARNED", "EXPIRES IN"].map(str::to_owned);
+    let rows = learned.iter().map(|l| {
+        [
+            l.address.to_string(),
+            if l.mptcp { "yes" } else { "no" }.to_owned(),
+            if l.mptcp { "direct" } else { "upstream" }.to_owned(),
+            format!("{}s ago", l.learned_s_ago),
+            format!("{}s", l.expires_in_s),
+        ]
+    });
+    table(header, rows)
+}
+
 fn connections_table(connections: &[ConnectionView]) -> String {
     let header = [
         "ID",
         "CLIENT",
         "TARGET",
+        "VIA",
         "TRANSPORT",
         "RULE",
         "AGE",
@@ -381,6 +447,7 @@ fn connections_table(connections: &[ConnectionView]) -> String {
             c.id.to_string(),
             c.client.to_string(),
             c.target.clone(),
+            c.via.clone(),
             c.transport.clone(),
             c.rule.clone(),
             format!("{}s", c.age_s),
@@ -509,6 +576,8 @@ mod tests {
             client: "127.0.0.1:5000".parse().expect("addr"),
             target: "example.com:443".into(),
             remote: "192.0.2.1:443".parse().expect("addr"),
+            via: "vps".into(),
+            why_direct: None,
             local: "10.0.1.1:40000".parse().expect("addr"),
             rule: "default".into(),
             transport: "mptcp".into(),
@@ -524,7 +593,9 @@ mod tests {
         assert_eq!(lines.len(), 4, "{out}");
         assert!(lines[0].starts_with("ID"), "{out}");
         assert!(
-            lines[1].starts_with("7 ") && lines[1].contains("example.com:443"),
+            lines[1].starts_with("7 ")
+                && lines[1].contains("example.com:443")
+                && lines[1].contains(" vps "),
             "{out}"
         );
         assert!(

@@ -32,7 +32,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use ureq::http::StatusCode;
 
-use crate::api::{Capabilities, ConnectionView, Health, RuleRequest, RuleView, rule_path};
+use crate::api::{
+    Capabilities, ConnectionView, Health, LearnedView, RuleRequest, RuleView, rule_path,
+};
 
 /// How long one exchange with the API may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -169,6 +171,17 @@ impl ApiClient {
     /// `GET /connections`.
     pub fn connections(&self) -> Result<Vec<ConnectionView>, ClientError> {
         self.get("/connections")
+    }
+
+    /// `GET /learned`: what `via=auto:NAME` rules learned.
+    pub fn learned(&self) -> Result<Vec<LearnedView>, ClientError> {
+        self.get("/learned")
+    }
+
+    /// `DELETE /learned`.
+    pub fn forget_learned(&self) -> Result<(), ClientError> {
+        let answer = self.send("DELETE", "/learned", None)?;
+        self.expect_ok(answer).map(drop)
     }
 
     fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {

@@ -23,6 +23,18 @@
 //!   the namespaces, so topologies never collide on them; namespace names are unique (see
 //!   [`Namespace`]). Addresses are only meaningful inside one topology.
 //!
+//! With [`Options::internet`], a fourth namespace stands for the internet behind the
+//! server, which then plays an aggregation server (a VPS) that also routes onward:
+//!
+//! ```text
+//!   server ns                      internet ns
+//!   to-inet 10.X.3.1 ──────────── inet 10.X.3.2 .. 10.X.3.9 (no shaping)
+//! ```
+//!
+//! The proxy reaches 10.X.3.0/24 over path A (main table) and, from path B's address,
+//! over path B (table 102), so a connection from the proxy to the internet namespace is
+//! shaped like one through the server, and an MPTCP one gets a subflow per path.
+//!
 //! One `Topology` exists at a time per test binary: [`Topology::new`] waits for the
 //! previous one to be dropped, so throughput measurements never overlap on a small
 //! machine. Do not build two in one test (it would wait for itself; it panics after
@@ -51,6 +63,13 @@ pub const PROXY_CLIENT_IF: &str = "veth-c";
 pub const PATH_A_IF: &str = "path-a";
 /// Path B's interface, in the proxy and in the server namespace alike.
 pub const PATH_B_IF: &str = "path-b";
+/// The server namespace's interface towards the internet namespace.
+pub const SERVER_INET_IF: &str = "to-inet";
+/// The internet namespace's interface.
+pub const INET_IF: &str = "inet";
+/// Addresses the internet namespace has on [`INET_IF`]: 10.X.3.2 up to 10.X.3.(1 + this),
+/// so that tests can give destinations different rules.
+pub const INET_ADDRESSES: u8 = 8;
 
 /// Routing table in the proxy namespace that sends path B's source address out of path B.
 const PATH_B_TABLE: &str = "102";
@@ -78,6 +97,8 @@ pub enum Ns {
     Proxy,
     /// Where the destination servers run.
     Server,
+    /// Behind the server ([`Options::internet`]).
+    Internet,
 }
 
 impl Ns {
@@ -89,6 +110,7 @@ impl Ns {
             Ns::Client => "client",
             Ns::Proxy => "proxy",
             Ns::Server => "server",
+            Ns::Internet => "inet",
         }
     }
 }
@@ -108,6 +130,10 @@ pub struct Addrs {
     pub server_a: Ipv4Addr,
     /// Server namespace, path B (10.X.2.2).
     pub server_b: Ipv4Addr,
+    /// Server namespace, towards the internet namespace (10.X.3.1).
+    pub server_inet: Ipv4Addr,
+    /// The internet namespace's first address (10.X.3.2); [`Addrs::internet_n`] the others.
+    pub internet: Ipv4Addr,
 }
 
 impl Addrs {
@@ -119,7 +145,22 @@ impl Addrs {
             proxy_b: Ipv4Addr::new(10, x, 2, 1),
             server_a: Ipv4Addr::new(10, x, 1, 2),
             server_b: Ipv4Addr::new(10, x, 2, 2),
+            server_inet: Ipv4Addr::new(10, x, 3, 1),
+            internet: Ipv4Addr::new(10, x, 3, 2),
         }
+    }
+
+    /// The internet namespace's `n`th address (0-based, below [`INET_ADDRESSES`]).
+    ///
+    /// # Panics
+    /// When `n` is not below [`INET_ADDRESSES`].
+    pub fn internet_n(&self, n: u8) -> Ipv4Addr {
+        assert!(
+            n < INET_ADDRESSES,
+            "the internet namespace has {INET_ADDRESSES} addresses"
+        );
+        let [a, b, c, d] = self.internet.octets();
+        Ipv4Addr::new(a, b, c, d + n)
     }
 }
 
@@ -134,6 +175,8 @@ pub struct Options {
     /// Let the proxy namespace route between client and server (default false): then the
     /// client can reach the server directly, bypassing any SOCKS proxy.
     pub forwarding: bool,
+    /// Add the internet namespace behind the server, which routes to it (default false).
+    pub internet: bool,
 }
 
 impl Default for Options {
@@ -142,6 +185,7 @@ impl Default for Options {
             rate_mbit: 20,
             subflow_endpoint: true,
             forwarding: false,
+            internet: false,
         }
     }
 }
@@ -188,8 +232,8 @@ impl Drop for SerialPermit {
 /// is dropped after them.
 #[derive(Debug)]
 pub struct Topology {
-    /// Indexed by `Ns as usize`.
-    namespaces: [Namespace; 3],
+    /// Indexed by `Ns as usize`; the internet namespace only with [`Options::internet`].
+    namespaces: Vec<Namespace>,
     addrs: Addrs,
     options: Options,
     // Last field: released only after the namespaces above have been deleted.
@@ -226,13 +270,16 @@ impl Topology {
     pub fn with_options(options: Options) -> anyhow::Result<Self> {
         let serial = SerialPermit::acquire();
         let n = TOPOLOGY_COUNTER.fetch_add(1, Ordering::Relaxed);
+        // On error the namespaces created so far are dropped, which deletes them.
+        let mut namespaces = Vec::with_capacity(4);
+        for ns in Ns::ALL {
+            namespaces.push(Namespace::new(ns.role())?);
+        }
+        if options.internet {
+            namespaces.push(Namespace::new(Ns::Internet.role())?);
+        }
         let topo = Topology {
-            // On error the namespaces created so far are dropped, which deletes them.
-            namespaces: [
-                Namespace::new(Ns::Client.role())?,
-                Namespace::new(Ns::Proxy.role())?,
-                Namespace::new(Ns::Server.role())?,
-            ],
+            namespaces,
             // Second octet varies only to make captures and logs easier to tell apart.
             addrs: Addrs::new(100 + (n % 100) as u8),
             options,
@@ -244,7 +291,8 @@ impl Topology {
 
     fn build(&self) -> anyhow::Result<()> {
         let a = self.addrs;
-        let [client, proxy, server] = &self.namespaces;
+        let [client, proxy, server] =
+            [Ns::Client, Ns::Proxy, Ns::Server].map(|ns| self.namespace(ns));
         // Sysctls first: interfaces created afterwards inherit `conf.default.*`.
         let forwarding = if self.options.forwarding { "1" } else { "0" };
         for ns in Ns::ALL {
@@ -255,6 +303,9 @@ impl Topology {
             ];
             if ns == Ns::Proxy {
                 settings.push(("net/ipv4/ip_forward", forwarding));
+            }
+            if ns == Ns::Server && self.options.internet {
+                settings.push(("net/ipv4/ip_forward", "1"));
             }
             self.namespace(ns).set_sysctls(&settings)?;
         }
@@ -308,12 +359,45 @@ impl Topology {
         if self.options.subflow_endpoint {
             proxy.add_mptcp_endpoint(from_b.into(), PATH_B_IF, "subflow")?;
         }
+        if self.options.internet {
+            self.build_internet()?;
+        }
         Ok(())
     }
 
-    /// One of the three namespaces, for everything [`Namespace`] offers.
+    fn build_internet(&self) -> anyhow::Result<()> {
+        let a = self.addrs;
+        let [proxy, server, internet] =
+            [Ns::Proxy, Ns::Server, Ns::Internet].map(|ns| self.namespace(ns));
+        internet.set_sysctls(&[
+            ("net/mptcp/enabled", "1"),
+            ("net/ipv4/conf/all/rp_filter", "0"),
+            ("net/ipv4/conf/default/rp_filter", "0"),
+        ])?;
+        server.add_veth(SERVER_INET_IF, internet, INET_IF)?;
+        server.add_address(SERVER_INET_IF, a.server_inet.into(), 24)?;
+        for n in 0..INET_ADDRESSES {
+            internet.add_address(INET_IF, a.internet_n(n).into(), 24)?;
+        }
+        internet.ip(&format!("route add default via {}", a.server_inet))?;
+        internet.set_mptcp_limits(2, 2)?;
+        let net = subnet(a.internet);
+        proxy.ip(&format!("route add {net} via {}", a.server_a))?;
+        proxy.ip(&format!(
+            "route add {net} via {} dev {PATH_B_IF} table {PATH_B_TABLE}",
+            a.server_b
+        ))?;
+        Ok(())
+    }
+
+    /// One of the namespaces, for everything [`Namespace`] offers.
+    ///
+    /// # Panics
+    /// For [`Ns::Internet`] in a topology built without [`Options::internet`].
     pub fn namespace(&self, ns: Ns) -> &Namespace {
-        &self.namespaces[ns as usize]
+        self.namespaces
+            .get(ns as usize)
+            .expect("Ns::Internet needs Options::internet")
     }
 
     /// The namespace's name, for `ip netns exec`, [`in_netns`] or `ip -n`.
