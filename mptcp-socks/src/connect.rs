@@ -173,9 +173,10 @@ impl Connector<'_> {
                 },
                 Route::Direct(why) => why,
             };
+            let settings = direct_settings(&matched);
             match attempt(
                 addr,
-                &matched.settings,
+                &settings,
                 self.config.bind_addr,
                 self.config.connect_timeout,
             )
@@ -190,7 +191,7 @@ impl Connector<'_> {
                         socket,
                         addr,
                         rule: matched.rule.map(|rule| rule.destination.clone()),
-                        settings: matched.settings,
+                        settings,
                         transport,
                         token,
                         via: None,
@@ -298,6 +299,18 @@ impl Connector<'_> {
                 )))
             }
         }
+    }
+}
+
+/// The settings of a direct connection: the rule's, with MPTCP on for an `auto:` rule,
+/// whose point is MPTCP straight to a site that speaks it.
+fn direct_settings(matched: &Match<'_>) -> Settings {
+    match matched.rule.map(|rule| &rule.via) {
+        Some(Via::Auto(_)) => Settings {
+            mptcp: true,
+            ..matched.settings
+        },
+        _ => matched.settings,
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use mptcp_socks::{
-    Auth, FailureKind, Fingerprint, PolicyHandle, ServerConfig, Upstream, UpstreamStatus,
-    tls_server_config,
+    Auth, Connection, FailureKind, Fingerprint, PolicyHandle, ServerConfig, Transport, Upstream,
+    UpstreamStatus, tls_server_config,
 };
 use mptcp_test_support::socks::{addr_bytes, name_bytes};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -23,9 +23,16 @@ use common::*;
 /// A proxy on loopback whose rules send loopback through `via` (and allow it, since
 /// the box refuses its own host otherwise).
 async fn box_proxy(via: &str, upstreams: &[String]) -> Result<Proxy> {
-    let rules = format!(
-        "127.0.0.0/8,1,default,default,access=allow,via={via}\n::1,1,default,default,access=allow\n"
-    );
+    box_proxy_with(
+        &format!("1,default,default,access=allow,via={via}"),
+        upstreams,
+    )
+    .await
+}
+
+/// [`box_proxy`] with the rule for 127.0.0.0/8 after its destination field.
+async fn box_proxy_with(rule: &str, upstreams: &[String]) -> Result<Proxy> {
+    let rules = format!("127.0.0.0/8,{rule}\n::1,1,default,default,access=allow\n");
     let upstreams = upstreams
         .iter()
         .map(|text| text.parse::<Upstream>())
@@ -61,22 +68,27 @@ fn status(proxy: &Proxy, name: &str) -> Result<UpstreamStatus> {
 /// connection list says about it while open: (via, why_direct). Returns once the box
 /// has closed it again.
 async fn echo_through(proxy: &Proxy, target: &[u8]) -> Result<(Option<String>, Option<String>)> {
+    let connection = echo_seen(proxy, target).await?;
+    Ok((
+        connection.via.as_ref().map(ToString::to_string),
+        connection.why_direct,
+    ))
+}
+
+/// [`echo_through`], returning the whole entry of the connection list.
+async fn echo_seen(proxy: &Proxy, target: &[u8]) -> Result<Connection> {
     let (mut stream, code) = connect_via(proxy, target).await?;
     ensure!(code == 0, "reply {code:#04x}");
     assert_echo(&mut stream, 100_000).await?;
     let listed = proxy.server.connections().list();
     ensure!(listed.len() == 1, "one live connection: {listed:?}");
-    let connection = &listed[0];
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(5);
     while !proxy.server.connections().is_empty() {
         ensure!(Instant::now() < deadline, "the relay did not close");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    Ok((
-        connection.via.as_ref().map(ToString::to_string),
-        connection.why_direct.clone(),
-    ))
+    listed.into_iter().next().context("listed")
 }
 
 #[tokio::test]
@@ -317,7 +329,12 @@ async fn wait_learned(proxy: &Proxy, addr: SocketAddr) -> Result<bool> {
 async fn auto_learns_which_destinations_speak_mptcp() -> Result<()> {
     bounded(async {
         let vps = Proxy::open(config()).await?;
-        let boxed = box_proxy("auto:vps", &[format!("vps=socks5://{}", vps.addr)]).await?;
+        // MPTCP off in the rule: auto: tries MPTCP on the direct path all the same.
+        let boxed = box_proxy_with(
+            "0,default,default,access=allow,via=auto:vps",
+            &[format!("vps=socks5://{}", vps.addr)],
+        )
+        .await?;
         let (mptcp_site, _accepted) = mptcp_server()?;
         let tcp_site = echo_server("127.0.0.1:0").await?;
         for (site, speaks_mptcp) in [(mptcp_site, true), (tcp_site, false)] {
@@ -325,9 +342,12 @@ async fn auto_learns_which_destinations_speak_mptcp() -> Result<()> {
             let (via, _) = echo_through(&boxed, &addr_bytes(site)).await?;
             assert_eq!(via.as_deref(), Some("vps"), "the first connection goes via");
             assert_eq!(wait_learned(&boxed, site).await?, speaks_mptcp, "{site}");
-            let (via, _) = echo_through(&boxed, &addr_bytes(site)).await?;
+            let second = echo_seen(&boxed, &addr_bytes(site)).await?;
             let expected = if speaks_mptcp { None } else { Some("vps") };
-            assert_eq!(via.as_deref(), expected, "{site}");
+            assert_eq!(second.via.as_ref().map(|v| v.as_str()), expected, "{site}");
+            if speaks_mptcp {
+                assert_eq!(second.transport, Transport::Mptcp, "{site}");
+            }
             let through_vps = vps.server.stats().snapshot().accepted - before;
             assert_eq!(through_vps, if speaks_mptcp { 1 } else { 2 }, "{site}");
         }
