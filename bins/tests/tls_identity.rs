@@ -1,6 +1,7 @@
 //! The daemon's TLS identity on disk: created once with private modes, loaded after that,
-//! never replaced when half of it is missing, refused when the key is open to others.
-//! Real files in temporary directories.
+//! never replaced when half of it is missing, refused when the key is open to others; and
+//! `mptcpctl tls-fingerprint` printing what boxes pin. Real files in temporary
+//! directories.
 
 use std::fs::{self, Permissions};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -351,5 +352,50 @@ fn fingerprint_of_reads_a_state_directory_or_a_certificate() -> Result<()> {
     chmod(&dir.join(KEY_FILE), 0o644)?;
     fs::remove_file(dir.join(KEY_FILE))?;
     assert_eq!(tls_identity::fingerprint_of(&dir)?, identity.fingerprint);
+    Ok(())
+}
+
+fn mptcpctl(args: &[&Path], cwd: &Path) -> Result<(i32, String, String)> {
+    let out = Command::new(env!("CARGO_BIN_EXE_mptcpctl"))
+        .arg("tls-fingerprint")
+        .args(args)
+        .current_dir(cwd)
+        // Not to be reached: this command needs no daemon.
+        .env("MPTCP_SOCKS_API", "http://127.0.0.1:9")
+        .output()?;
+    Ok((
+        out.status.code().context("mptcpctl killed by a signal")?,
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+#[test]
+fn mptcpctl_prints_the_fingerprint_without_a_daemon() -> Result<()> {
+    let (tmp, dir, identity) = created()?;
+    let want = format!("sha256={}\n", identity.fingerprint);
+    let cert = dir.join(CERT_FILE);
+    for args in [&[dir.as_path()][..], &[cert.as_path()], &[]] {
+        // Without a path: the current directory, the default state directory.
+        let (code, stdout, stderr) = mptcpctl(args, &dir)?;
+        assert_eq!(
+            (code, stdout.as_str()),
+            (0, want.as_str()),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    let missing = tmp.path().join("nowhere");
+    let (code, stdout, stderr) = mptcpctl(&[&missing], tmp.path())?;
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains(&format!("{} does not exist", missing.display())),
+        "{stderr}"
+    );
+    // The current directory without an identity in it.
+    let (code, _, stderr) = mptcpctl(&[], tmp.path())?;
+    assert_eq!(code, 1);
+    assert!(stderr.contains(CERT_FILE), "{stderr}");
     Ok(())
 }
