@@ -37,6 +37,7 @@ mod diagnosis;
 mod host;
 pub mod pm_sysctl;
 mod store;
+pub mod tls_identity;
 mod watch;
 
 pub use api::{
@@ -53,4 +54,5 @@ pub use daemon_support::{
 pub use diagnosis::{Note, Severity, kernel_notes};
 pub use host::{Host, KernelProbe, LocalAddresses, LocalEndpoint, interface_name};
 pub use store::{ReloadError, Reloaded, RuleStore, StoreError};
+pub use tls_identity::{TlsIdentity, TlsIdentityError};
 pub use watch::{WatchGuard, spawn_watcher};

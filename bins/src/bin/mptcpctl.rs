@@ -50,6 +50,13 @@ enum Command {
     /// What this host offers: kernel MPTCP, path-manager mode, schedulers, local addresses.
     #[command(alias = "caps")]
     Capabilities,
+    /// The SHA-256 fingerprint of the daemon's TLS certificate, what boxes pin as
+    /// #sha256=; read from the file, no daemon needed.
+    TlsFingerprint {
+        /// The certificate (PEM), or the daemon's state directory (that of its rule file).
+        #[arg(default_value = ".")]
+        path: std::path::PathBuf,
+    },
     /// The live proxied connections, with their subflows and each one's share of traffic.
     #[command(alias = "conns")]
     Connections,
@@ -291,6 +298,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 print!("{}", connections_table(&connections));
             }
         }
+        Command::TlsFingerprint { path } => tls_fingerprint(path)?,
     }
     Ok(())
 }
@@ -547,6 +555,15 @@ fn print_json(answer: &impl serde::Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(answer)
         .map_err(|err| Failure::Api(format!("cannot print the answer: {err}")))?;
     println!("{text}");
+    Ok(())
+}
+
+/// `sha256=HEX`, as a `#sha256=` pin is written. Exit 1 (with the file named) when there
+/// is no certificate to read.
+fn tls_fingerprint(path: &std::path::Path) -> Result<(), Failure> {
+    let fingerprint = mptcp_socksd::tls_identity::fingerprint_of(path)
+        .map_err(|err| Failure::Api(err.to_string()))?;
+    println!("sha256={fingerprint}");
     Ok(())
 }
 
