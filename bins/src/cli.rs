@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, parser::ValueSource};
 use mptcp_policy::PmMode;
-use mptcp_socks::{Auth, ServerConfig, Upstream, UpstreamError};
+use mptcp_socks::{Auth, ServerConfig, Upstream, UpstreamError, tls_server_config};
 
 use crate::daemon::{ApiListen, DaemonConfig, DaemonError};
 use crate::daemon_support::read_secret_file;
+use crate::tls_identity;
 
 /// A SOCKS5 proxy that opens outbound connections as Multipath TCP or plain TCP, per
 /// destination, as the rule file says.
@@ -122,6 +123,22 @@ pub struct Args {
     /// MPTCP itself) holds before it is checked again.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     auto_ttl: u64,
+    /// Serve SOCKS5 inside TLS: for an aggregation server that boxes reach over the
+    /// internet (they pin its certificate: socks5+tls://HOST:PORT#sha256=...). Without
+    /// --tls-cert/--tls-key a self-signed certificate is made in the state directory on
+    /// the first start and kept; its fingerprint is printed at every start.
+    #[arg(long)]
+    tls: bool,
+    /// The certificate chain (PEM, leaf first) for --tls instead of the self-signed one.
+    #[arg(long, requires_all = ["tls", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) for --tls-cert; owned by the daemon's user or root, mode 0600.
+    #[arg(long, requires_all = ["tls", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+    /// Where the daemon keeps its state (the self-signed certificate and its key);
+    /// default: the rule file's directory.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 fn parse_api(s: &str) -> Result<ApiListen, String> {
@@ -209,6 +226,33 @@ impl Cli {
             .zip(args.password)
             .map(|(user, password)| Auth::new(user, password));
         let upstreams = upstreams(&args.upstreams, &args.upstream_password_files)?;
+        let identity = if args.tls {
+            let identity = match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => tls_identity::load(cert, key),
+                _ => {
+                    let dir =
+                        args.state_dir
+                            .clone()
+                            .unwrap_or_else(|| match args.policy.parent() {
+                                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+                                _ => PathBuf::from("."),
+                            });
+                    tls_identity::load_or_create(&dir)
+                }
+            }
+            .map_err(|e| DaemonError::Tls(e.to_string()))?;
+            if let tls_identity::Origin::Created { cert, .. } = &identity.origin {
+                tracing::info!(cert = %cert.display(), "created a self-signed TLS certificate");
+            }
+            Some(identity)
+        } else {
+            None
+        };
+        let tls_fingerprint = identity.as_ref().map(|identity| identity.fingerprint);
+        let tls = identity
+            .map(|identity| tls_server_config(identity.certs, identity.key))
+            .transpose()
+            .map_err(|e| DaemonError::Tls(format!("cannot use the TLS certificate: {e}")))?;
         let max_connections = args.max_connections.map_or_else(
             || connections_for_fd_limit(fd_limit),
             |n| usize::try_from(n).unwrap_or(usize::MAX),
@@ -220,6 +264,7 @@ impl Cli {
             api_token: args.api_token.filter(|t| !t.is_empty()),
             rule_file: args.policy,
             path_manager: args.path_manager,
+            tls_fingerprint,
             server: ServerConfig {
                 auth,
                 auth_once: args.auth_once,
@@ -235,6 +280,7 @@ impl Cli {
                 connect_timeout: Duration::from_secs(args.connect_timeout),
                 upstreams,
                 auto_ttl: Duration::from_secs(args.auto_ttl),
+                tls,
                 ..ServerConfig::default()
             },
         })

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mptcp_policy::{KernelSupport, Opened, PmMode};
-use mptcp_socks::{Connections, PolicyHandle, Server, ServerConfig};
+use mptcp_socks::{Connections, Fingerprint, PolicyHandle, Server, ServerConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -60,6 +60,8 @@ pub struct DaemonConfig {
     pub rule_file: PathBuf,
     /// Who creates subflows: the kernel, or this daemon per connection.
     pub path_manager: PmMode,
+    /// With `server.tls`: the fingerprint of its certificate, for boxes to pin.
+    pub tls_fingerprint: Option<Fingerprint>,
     /// How the SOCKS server treats clients and opens outbound connections. The API's TCP
     /// address is added to its `never_connect` by [`run`].
     pub server: ServerConfig,
@@ -74,6 +76,7 @@ impl fmt::Debug for DaemonConfig {
             .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
             .field("rule_file", &self.rule_file)
             .field("path_manager", &self.path_manager)
+            .field("tls_fingerprint", &self.tls_fingerprint)
             .field("server", &self.server)
             .finish()
     }
@@ -89,6 +92,9 @@ pub enum DaemonError {
     /// An `--upstream` (or its password) is malformed or incomplete.
     #[error("{0}")]
     Upstream(String),
+    /// The TLS certificate or key cannot be made, read or used.
+    #[error("{0}")]
+    Tls(String),
     /// A listener could not be bound.
     #[error("cannot listen for {what} on {addr}")]
     Bind {
@@ -303,6 +309,12 @@ impl Daemon {
             settings.never_connect.push(bound);
         }
         log_client_policy(&settings);
+        if let Some(fingerprint) = &config.tls_fingerprint {
+            tracing::info!(
+                "SOCKS5 inside TLS; boxes pin its certificate with \
+                 socks5+tls://HOST:PORT#sha256={fingerprint}"
+            );
+        }
         tracing::info!(
             max_connections = settings.max_connections,
             max_client_connections = settings.max_connections_per_client,

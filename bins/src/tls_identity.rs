@@ -260,7 +260,7 @@ pub fn load_or_create(dir: &Path) -> Result<TlsIdentity, TlsIdentityError> {
 /// A [`TlsIdentityError`] naming the file: missing, unreadable, not PEM, no certificate or
 /// key in it, key file too open or someone else's, or a key not matching the certificate.
 pub fn load(cert: &Path, key: &Path) -> Result<TlsIdentity, TlsIdentityError> {
-    let euid = effective_uid()?;
+    let euid = mptcp_policy::effective_uid();
     let certs = read_certs(cert)?;
     let key_der = read_key(key, euid)?;
     check_pair(cert, &certs, key, &key_der)?;
@@ -549,27 +549,6 @@ fn not_pem(path: &Path, err: &pem::Error) -> TlsIdentityError {
     }
 }
 
-/// The process's effective uid, the user a key file must belong to. std has no geteuid,
-/// and this avoids an unsafe libc call: the "Uid:" line of /proc/self/status holds the
-/// real, effective, saved and filesystem uids.
-fn effective_uid() -> Result<u32, TlsIdentityError> {
-    const STATUS: &str = "/proc/self/status";
-    let status =
-        fs::read_to_string(STATUS).map_err(|source| io_error("read", Path::new(STATUS), source))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|uids| uids.split_whitespace().nth(1))
-        .and_then(|euid| euid.parse().ok())
-        .ok_or_else(|| {
-            io_error(
-                "find the effective uid in",
-                Path::new(STATUS),
-                io::Error::from(io::ErrorKind::InvalidData),
-            )
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,7 +597,10 @@ mod tests {
     #[test]
     fn the_effective_uid_is_the_owner_of_what_this_process_creates() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        assert_eq!(effective_uid()?, fs::metadata(dir.path())?.uid());
+        assert_eq!(
+            mptcp_policy::effective_uid(),
+            fs::metadata(dir.path())?.uid()
+        );
         Ok(())
     }
 }

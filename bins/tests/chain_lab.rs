@@ -35,11 +35,16 @@ const SOCKS_PORT: u16 = 1080;
 const DIRECT: u8 = 0;
 const VIA_VPS: u8 = 1;
 const AUTO_VPS: u8 = 2;
+const VIA_TLS: u8 = 3;
+const VIA_BAD_PIN: u8 = 4;
+/// The TLS VPS listens here (the plain one on [`SOCKS_PORT`]).
+const TLS_PORT: u16 = 1443;
 
 struct Lab {
     // Field order is drop order: daemons and sites before their namespaces.
     boxed: Daemon,
     vps: Option<Daemon>,
+    _vps_tls: Daemon,
     /// The sites in the internet namespace; kept (in a mutex only so that the lab can be
     /// shared with the threads of a test), known by their ports.
     _sites: std::sync::Mutex<[PatternServer; 2]>,
@@ -81,14 +86,44 @@ impl Lab {
             .chain([vps_rules.display().to_string()]),
         )?;
 
+        // The same VPS host with SOCKS5 inside TLS and a password, as one facing the
+        // internet would run.
+        let password = dir.path().join("password");
+        std::fs::write(&password, "s3cret\n")?;
+        let state = dir.path().join("vps-state");
+        let vps_tls = Daemon::in_process_in(
+            Some(topo.name(Ns::Server)),
+            [
+                "-i".to_owned(),
+                "0.0.0.0".to_owned(),
+                "-p".to_owned(),
+                TLS_PORT.to_string(),
+                "--api".to_owned(),
+                "off".to_owned(),
+                "--policy".to_owned(),
+                dir.path().join("vps-tls.rules").display().to_string(),
+                "--tls".to_owned(),
+                "--state-dir".to_owned(),
+                state.display().to_string(),
+                "-u".to_owned(),
+                "box".to_owned(),
+                "--password-file".to_owned(),
+                password.display().to_string(),
+            ],
+        )?;
+        let pin = mptcp_socksd::tls_identity::fingerprint_of(&state)?;
+
         let box_rules = dir.path().join("box.rules");
+        let rule = |n: u8, via: &str| format!("{},1,default,default,via={via}\n", a.internet_n(n));
         std::fs::write(
             &box_rules,
-            format!(
-                "{},1,default,default,via=vps\n{},1,default,default,via=auto:vps\n",
-                a.internet_n(VIA_VPS),
-                a.internet_n(AUTO_VPS),
-            ),
+            [
+                rule(VIA_VPS, "vps"),
+                rule(AUTO_VPS, "auto:vps"),
+                rule(VIA_TLS, "vps-tls"),
+                rule(VIA_BAD_PIN, "bad-pin"),
+            ]
+            .concat(),
         )?;
         let boxed = Daemon::in_process_in(
             Some(topo.name(Ns::Proxy)),
@@ -103,11 +138,25 @@ impl Lab {
                 box_rules.display().to_string(),
                 "--upstream".to_owned(),
                 format!("vps=socks5://{}:{SOCKS_PORT}", a.server_a),
+                "--upstream".to_owned(),
+                format!(
+                    "vps-tls=socks5+tls://box@{}:{TLS_PORT}#sha256={pin}",
+                    a.server_a
+                ),
+                "--upstream-password-file".to_owned(),
+                format!("vps-tls={}", password.display()),
+                "--upstream".to_owned(),
+                format!(
+                    "bad-pin=socks5+tls://box:s3cret@{}:{TLS_PORT}#sha256={}",
+                    a.server_a,
+                    "00".repeat(32)
+                ),
             ],
         )?;
         Ok(Some(Lab {
             boxed,
             vps: Some(vps),
+            _vps_tls: vps_tls,
             tcp_port: tcp_site.port(),
             mptcp_port: mptcp_site.port(),
             _sites: std::sync::Mutex::new([tcp_site, mptcp_site]),
@@ -239,6 +288,45 @@ fn the_box_bonds_both_uplinks_through_the_vps_and_learns_where_not_to() -> anyho
         "via the VPS {:.1} Mbit/s is not well above direct {:.1}",
         via.mbit_per_s(),
         direct.mbit_per_s()
+    );
+
+    // Through the VPS inside TLS, its certificate pinned: the same.
+    let (tls, seen) = lab.fetch_seen(lab.site(VIA_TLS, lab.tcp_port), VIA_BYTES)?;
+    eprintln!(
+        "via the VPS inside TLS (pinned): {:.1} Mbit/s ({:.2}x direct, {:.2}x plain); subflows {:?}",
+        tls.mbit_per_s(),
+        tls.mbit_per_s() / direct.mbit_per_s(),
+        tls.mbit_per_s() / via.mbit_per_s(),
+        uplinks(&seen)
+    );
+    ensure!(
+        seen.via == "vps-tls" && seen.subflows.len() >= 2,
+        "{seen:?}"
+    );
+    ensure!(
+        tls.mbit_per_s() > 1.4 * direct.mbit_per_s() && tls.mbit_per_s() > 0.8 * via.mbit_per_s(),
+        "TLS {:.1} Mbit/s against plain {:.1} and direct {:.1}",
+        tls.mbit_per_s(),
+        via.mbit_per_s(),
+        direct.mbit_per_s()
+    );
+
+    // A wrong pin: refused, said so, and the client is served direct.
+    let (_, seen) = lab.fetch_seen(lab.site(VIA_BAD_PIN, lab.tcp_port), SMALL_BYTES)?;
+    ensure!(seen.via == "direct", "{seen:?}");
+    ensure!(
+        lab.boxed.wait_for_log(
+            &format!("not the pinned sha256={}", "00".repeat(32)),
+            Duration::from_secs(5)
+        ),
+        "the box did not log the refused pin"
+    );
+    let health = lab.health()?;
+    let bad = health.upstreams.iter().find(|u| u.name == "bad-pin");
+    ensure!(
+        bad.and_then(|u| u.failure.as_ref())
+            .is_some_and(|f| f.kind == "tls"),
+        "{health:?}"
     );
 
     // Uplink A cut for 3 s mid-transfer: every byte still arrives, in order.

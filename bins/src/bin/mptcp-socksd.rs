@@ -27,6 +27,10 @@ async fn main() -> anyhow::Result<()> {
 
     let config = cli.into_config(mptcp_socksd::raise_and_log_fd_limit())?;
     let listeners = Listeners::bind(&config).await?;
+    if let Some(fingerprint) = &config.tls_fingerprint {
+        // On stdout, alone on its line, for scripts: what a box pins.
+        println!("sha256={fingerprint}");
+    }
     mptcp_socksd::run(config, listeners, shutdown_signal()).await?;
     Ok(())
 }

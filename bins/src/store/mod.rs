@@ -115,10 +115,7 @@ impl RuleStore {
         kernel: KernelProbe,
         limits: Limits,
     ) -> Result<Self, StoreError> {
-        let euid = strict::effective_uid().map_err(|source| StoreError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let euid = mptcp_policy::effective_uid();
         let inner = Inner {
             path,
             policy,

@@ -262,20 +262,3 @@ fn check_file(path: &Path, meta: &Metadata, euid: u32) -> Result<(), Refusal> {
     }
     Ok(())
 }
-
-/// The daemon's effective uid, which [`resolve`] trusts besides root.
-///
-/// # Errors
-///
-/// If `/proc/self/status` cannot be read (no `/proc`).
-pub(crate) fn effective_uid() -> io::Result<u32> {
-    // std has no geteuid, and this avoids an unsafe libc call: the "Uid:" line holds the
-    // real, effective, saved and filesystem uids.
-    let status = fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("Uid:"))
-        .and_then(|uids| uids.split_whitespace().nth(1))
-        .and_then(|euid| euid.parse().ok())
-        .ok_or_else(|| io::Error::other("no effective uid in /proc/self/status"))
-}

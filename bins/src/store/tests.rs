@@ -11,7 +11,7 @@ const STRANGER: u32 = 4242;
 const RULES: &str = "192.0.2.1,1,default,default,\n.\n";
 
 fn euid() -> u32 {
-    strict::effective_uid().expect("euid")
+    mptcp_policy::effective_uid()
 }
 
 /// Whether the test may chown (needs root): skipped with a reason otherwise, except

@@ -124,6 +124,12 @@ pub fn interface_name(ifindex: u32) -> Option<String> {
     Some(name.to_string_lossy().into_owned())
 }
 
+/// The process's effective user id, which decides whose files it may trust.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() }
+}
+
 /// The process's limit on open files (`RLIMIT_NOFILE`): `(soft, hard)`.
 ///
 /// # Errors
