@@ -150,14 +150,7 @@ fn run(scale: Scale) -> anyhow::Result<()> {
 
     // Started from this (main) thread: their parent-death signal follows it.
     let socksd_port = free_port()?;
-    let mut socksd_cmd = Command::new(&daemon);
-    socksd_cmd
-        .args(["-i", "127.0.0.1", "-p", &socksd_port.to_string()])
-        .args(["--api", "off", "--policy"])
-        .arg(&policy)
-        // Every client here is 127.0.0.1, and the memory step holds more than the
-        // default per-client cap open.
-        .args(["--max-client-connections", "1000000"]);
+    let socksd_cmd = daemon_cmd(&daemon, socksd_port, &policy, "off");
     let socksd = Proxy::start("mptcp-socksd", socksd_cmd, socksd_port, dir.path())?;
     let microsocks = match which("microsocks") {
         Some(bin) => {
@@ -265,8 +258,9 @@ fn median(values: &[f64]) -> Option<f64> {
     v.get(v.len() / 2).copied()
 }
 
+type Metric = fn(&Route) -> Option<f64>;
+
 fn print_report(routes: &[Route], scale: Scale) {
-    type Metric = fn(&Route) -> Option<f64>;
     let rows: [(String, Metric); 7] = [
         (
             format!("bulk Gbit/s (median of {})", scale.bulk_runs),
@@ -292,16 +286,6 @@ fn print_report(routes: &[Route], scale: Scale) {
         }),
     ];
     let find = |name: &str| routes.iter().find(|r| r.via.name() == name);
-    let (direct, socksd, micro) = (find("direct"), find("mptcp-socksd"), find("microsocks"));
-    let fmt = |v: Option<f64>| match v {
-        Some(v) if v >= 100.0 => format!("{v:.0}"),
-        Some(v) => format!("{v:.2}"),
-        None => "-".into(),
-    };
-    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-        _ => "-".into(),
-    };
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -312,34 +296,20 @@ fn print_report(routes: &[Route], scale: Scale) {
          127.0.0.1 in a private network namespace",
         kernel.trim()
     );
-    let _ = writeln!(
-        out,
-        "{:<31} {:>8} {:>13} {:>11} {:>14} {:>13} {:>18}",
-        "",
-        "direct",
-        "mptcp-socksd",
-        "microsocks",
-        "socksd/direct",
-        "micro/direct",
-        "socksd/microsocks"
+    table(
+        &mut out,
+        &rows,
+        &[
+            ("direct", find("direct")),
+            ("mptcp-socksd", find("mptcp-socksd")),
+            ("microsocks", find("microsocks")),
+        ],
+        &[
+            ("socksd/direct", 1, 0),
+            ("micro/direct", 2, 0),
+            ("socksd/microsocks", 1, 2),
+        ],
     );
-    for (label, metric) in &rows {
-        let (d, s, m) = (
-            direct.and_then(metric),
-            socksd.and_then(metric),
-            micro.and_then(metric),
-        );
-        let _ = writeln!(
-            out,
-            "{label:<31} {:>8} {:>13} {:>11} {:>14} {:>13} {:>18}",
-            fmt(d),
-            fmt(s),
-            fmt(m),
-            ratio(s, d),
-            ratio(m, d),
-            ratio(s, m)
-        );
-    }
     for r in routes {
         let list = |v: Vec<f64>| {
             v.iter()
@@ -357,4 +327,58 @@ fn print_report(routes: &[Route], scale: Scale) {
         );
     }
     print!("{out}");
+}
+
+/// One table of `rows`: a column per route in `columns`, then a column per ratio (its
+/// header, and the numerator's and denominator's indices in `columns`).
+fn table(
+    out: &mut String,
+    rows: &[(String, Metric)],
+    columns: &[(&str, Option<&Route>)],
+    ratios: &[(&str, usize, usize)],
+) {
+    let width = |header: &str| (header.len() + 1).max(8);
+    let mut line = format!("{:<31}", "");
+    for header in columns
+        .iter()
+        .map(|c| c.0)
+        .chain(ratios.iter().map(|r| r.0))
+    {
+        let _ = write!(line, " {header:>w$}", w = width(header));
+    }
+    let _ = writeln!(out, "{line}");
+    for (label, metric) in rows {
+        let values: Vec<Option<f64>> = columns
+            .iter()
+            .map(|(_, route)| route.and_then(metric))
+            .collect();
+        let mut line = format!("{label:<31}");
+        for ((header, _), value) in columns.iter().zip(&values) {
+            let _ = write!(line, " {:>w$}", fmt(*value), w = width(header));
+        }
+        for &(header, a, b) in ratios {
+            let _ = write!(
+                line,
+                " {:>w$}",
+                ratio(values[a], values[b]),
+                w = width(header)
+            );
+        }
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+fn fmt(v: Option<f64>) -> String {
+    match v {
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) => format!("{v:.2}"),
+        None => "-".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    }
 }

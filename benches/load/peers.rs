@@ -37,6 +37,19 @@ pub(crate) fn build_daemon() -> anyhow::Result<PathBuf> {
         .context("cargo did not report the mptcp-socksd executable")
 }
 
+/// An `mptcp-socksd` listening on 127.0.0.1:`port` with the rules in `policy` and the
+/// REST API at `api` (`off`, or an address).
+pub(crate) fn daemon_cmd(daemon: &Path, port: u16, policy: &Path, api: &str) -> Command {
+    let mut cmd = Command::new(daemon);
+    cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["--api", api, "--policy"])
+        .arg(policy)
+        // Every client here is 127.0.0.1, and the memory step holds more than the
+        // default per-client cap open.
+        .args(["--max-client-connections", "1000000"]);
+    cmd
+}
+
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
