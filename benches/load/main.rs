@@ -2,6 +2,13 @@
 //! proxy at all and against `microsocks`, all measured in the same run so the table's
 //! ratios depend far less on the host than its absolute figures.
 //!
+//! The same run measures two chains, the daemon as box and as upstream: "chain" is
+//! client -> box -> upstream (plain SOCKS5) -> target, "chain+tls" the same with the
+//! upstream serving SOCKS5 inside TLS (`--tls`, its self-signed certificate pinned by the
+//! box). A second table shows their traffic figures against the same baseline; the box's
+//! `/health` must show that its upstream carried every connection, since a box whose
+//! upstream fails serves the destination directly.
+//!
 //! `cargo bench -p mptcp-socks-benches --bench load` (root: it creates a network
 //! namespace). It builds `mptcp-socksd` itself (`cargo build --release`), so the figures
 //! are always those of the current source. Without `--bench` (e.g. `cargo test
@@ -9,7 +16,7 @@
 //!
 //! Everything runs on 127.0.0.1 of a private network namespace, so the thousands of
 //! TIME_WAIT sockets stay off the host's loopback and vanish with the namespace. The rule
-//! file makes 127.0.0.1 plain TCP: the comparison is the proxy's overhead, not MPTCP's.
+//! files make 127.0.0.1 plain TCP: the comparison is the proxy's overhead, not MPTCP's.
 
 mod peers;
 mod traffic;
@@ -167,6 +174,11 @@ fn run(scale: Scale) -> anyhow::Result<()> {
         }
     };
 
+    let chains = ChainKind::ALL
+        .into_iter()
+        .map(|kind| Chain::start(kind, &daemon, dir.path()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         tokio::spawn(serve(bind(echo).await?, echo_conn));
@@ -189,6 +201,11 @@ fn run(scale: Scale) -> anyhow::Result<()> {
         {
             route.memory = Some(measure_memory(route.via, proxy, &targets, scale).await?);
         }
+        for chain in &chains {
+            chain.wait_ready()?;
+            ensure_chained(chain, &targets).await?;
+            routes.push(Route::new(chain.via()));
+        }
         // Interleaved, so a drift of the host (another load, frequency) hits all alike.
         for _ in 0..scale.bulk_runs {
             for route in &mut routes {
@@ -202,11 +219,19 @@ fn run(scale: Scale) -> anyhow::Result<()> {
                 route.short.push(round);
             }
         }
+        for chain in &chains {
+            let route = routes
+                .iter_mut()
+                .find(|r| r.via.name() == chain.kind.route())
+                .context("every chain has its route")?;
+            route.upstream = Some(ensure_all_chained(chain, route).await?);
+        }
         print_report(&routes, scale);
         soak(&socksd, &targets, scale).await?;
         anyhow::Ok(())
     })?;
     drop(rt);
+    drop(chains);
     drop(microsocks);
     drop(socksd);
     Ok(())
@@ -219,6 +244,8 @@ struct Route {
     bulk_gbps: Vec<f64>,
     short: Vec<ShortRound>,
     memory: Option<Memory>,
+    /// A chain's upstream as its box saw it after the runs.
+    upstream: Option<UpstreamHealth>,
 }
 
 impl Route {
@@ -228,6 +255,7 @@ impl Route {
             bulk_gbps: Vec::new(),
             short: Vec::new(),
             memory: None,
+            upstream: None,
         }
     }
 
@@ -250,6 +278,29 @@ impl Route {
         let at = (all.len() * percent / 100).min(all.len().checked_sub(1)?);
         Some(all[at].as_secs_f64() * 1e3)
     }
+}
+
+/// Checks that `chain`'s upstream carried every connection `route` made through its box
+/// (the one of [`ensure_chained`] too), so none was served directly by the box alone.
+async fn ensure_all_chained(chain: &Chain, route: &Route) -> anyhow::Result<UpstreamHealth> {
+    let relayed = 1
+        + route.bulk_gbps.len()
+        + route
+            .short
+            .iter()
+            .map(|round| round.latencies.len())
+            .sum::<usize>();
+    // A connection that failed may or may not have got as far as the upstream.
+    let failed: usize = route.short.iter().map(|round| round.failed).sum();
+    let health = upstream_health(chain).await?;
+    let carried = usize::try_from(health.connections).unwrap_or(usize::MAX);
+    ensure!(
+        health.state == "up" && (relayed..=relayed + failed).contains(&carried),
+        "{}: {relayed} connections relayed and {failed} failed, but the upstream carried \
+         {carried} ({health:?}): the box served some directly",
+        route.via.name()
+    );
+    Ok(health)
 }
 
 fn median(values: &[f64]) -> Option<f64> {
@@ -285,6 +336,8 @@ fn print_report(routes: &[Route], scale: Scale) {
             r.memory.as_ref().map(Memory::per_conn_kib)
         }),
     ];
+    // Memory is measured for the single proxies only: a chain is two of the same daemon.
+    let traffic_rows = &rows[..4];
     let find = |name: &str| routes.iter().find(|r| r.via.name() == name);
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -310,6 +363,27 @@ fn print_report(routes: &[Route], scale: Scale) {
             ("socksd/microsocks", 1, 2),
         ],
     );
+    let _ = writeln!(
+        out,
+        "\nchain: client -> box mptcp-socksd -> upstream mptcp-socksd -> target; chain+tls: \
+         the same, the upstream serving SOCKS5 inside TLS (pinned)"
+    );
+    table(
+        &mut out,
+        traffic_rows,
+        &[
+            ("direct", find("direct")),
+            ("mptcp-socksd", find("mptcp-socksd")),
+            ("chain", find("chain")),
+            ("chain+tls", find("chain+tls")),
+        ],
+        &[
+            ("chain/direct", 2, 0),
+            ("chain+tls/direct", 3, 0),
+            ("chain/socksd", 2, 1),
+            ("chain+tls/chain", 3, 2),
+        ],
+    );
     for r in routes {
         let list = |v: Vec<f64>| {
             v.iter()
@@ -318,9 +392,15 @@ fn print_report(routes: &[Route], scale: Scale) {
                 .join(", ")
         };
         let failed: usize = r.short.iter().map(|round| round.failed).sum();
+        let upstream = r.upstream.as_ref().map_or(String::new(), |u| {
+            format!(
+                "; its upstream carried {} ({} resumed a TLS session)",
+                u.connections, u.resumed_sessions
+            )
+        });
         let _ = writeln!(
             out,
-            "{}: bulk runs {} Gbit/s; conns/s per round {}; {failed} connections failed",
+            "{}: bulk runs {} Gbit/s; conns/s per round {}; {failed} connections failed{upstream}",
             r.via.name(),
             list(r.bulk_gbps.clone()),
             list(r.short.iter().map(|round| round.per_sec).collect()),

@@ -1,4 +1,5 @@
-//! The processes under test: the daemon built from this workspace, and microsocks.
+//! The processes under test: the daemon built from this workspace (alone, and as the two
+//! ends of a chain), and microsocks.
 
 use super::*;
 
@@ -44,10 +45,100 @@ pub(crate) fn daemon_cmd(daemon: &Path, port: u16, policy: &Path, api: &str) -> 
     cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()])
         .args(["--api", api, "--policy"])
         .arg(policy)
-        // Every client here is 127.0.0.1, and the memory step holds more than the
-        // default per-client cap open.
+        // Every client here is 127.0.0.1 (a chain's upstream sees only its box), and the
+        // memory step holds more than the default per-client cap open.
         .args(["--max-client-connections", "1000000"]);
     cmd
+}
+
+/// Whether a chain's upstream serves SOCKS5 in the clear or inside TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChainKind {
+    Plain,
+    Tls,
+}
+
+impl ChainKind {
+    pub(crate) const ALL: [ChainKind; 2] = [ChainKind::Plain, ChainKind::Tls];
+
+    /// The route's name in the report.
+    pub(crate) fn route(self) -> &'static str {
+        match self {
+            ChainKind::Plain => "chain",
+            ChainKind::Tls => "chain+tls",
+        }
+    }
+
+    fn upstream(self) -> &'static str {
+        match self {
+            ChainKind::Plain => "chain-upstream",
+            ChainKind::Tls => "chain+tls-upstream",
+        }
+    }
+}
+
+/// Client -> box -> upstream -> target: two daemons built from this workspace, the box's
+/// rule sending every destination through the upstream (`via=up`).
+#[derive(Debug)]
+pub(crate) struct Chain {
+    pub(crate) kind: ChainKind,
+    /// The box, where the client connects.
+    pub(crate) entry: Proxy,
+    /// The box's REST API: its `/health` counts the connections the upstream carried.
+    /// A box whose upstream fails serves the destination directly, which would measure
+    /// one proxy under the chain's name.
+    pub(crate) api: SocketAddr,
+    pub(crate) upstream: Proxy,
+}
+
+impl Chain {
+    /// Starts the upstream, then (with its pin, for TLS) the box.
+    pub(crate) fn start(kind: ChainKind, daemon: &Path, dir: &Path) -> anyhow::Result<Chain> {
+        let allow = dir.join(format!("{}.rules", kind.upstream()));
+        std::fs::write(&allow, "127.0.0.1,0,default,default,access=allow,\n.\n")?;
+        let upstream_port = free_port()?;
+        let mut cmd = daemon_cmd(daemon, upstream_port, &allow, "off");
+        if kind == ChainKind::Tls {
+            // A fresh directory: the self-signed certificate is made on this start.
+            cmd.arg("--tls")
+                .arg("--state-dir")
+                .arg(dir.join(kind.upstream()));
+        }
+        let upstream = Proxy::start(kind.upstream(), cmd, upstream_port, dir)?;
+        let url = match kind {
+            ChainKind::Plain => format!("up=socks5://{}", upstream.addr),
+            ChainKind::Tls => format!(
+                "up=socks5+tls://{}#sha256={}",
+                upstream.addr,
+                upstream.tls_pin()?
+            ),
+        };
+
+        let via_up = dir.join(format!("{}.rules", kind.route()));
+        std::fs::write(
+            &via_up,
+            "127.0.0.1,0,default,default,access=allow,via=up,\n.\n",
+        )?;
+        let (port, api) = (free_port()?, loopback(free_port()?));
+        let mut cmd = daemon_cmd(daemon, port, &via_up, &api.to_string());
+        cmd.args(["--upstream", &url]);
+        let entry = Proxy::start(kind.route(), cmd, port, dir)?;
+        Ok(Chain {
+            kind,
+            entry,
+            api: api.into(),
+            upstream,
+        })
+    }
+
+    pub(crate) fn via(&self) -> Via {
+        Via::Socks(self.kind.route(), self.entry.addr)
+    }
+
+    pub(crate) fn wait_ready(&self) -> anyhow::Result<()> {
+        self.upstream.wait_ready()?;
+        self.entry.wait_ready()
+    }
 }
 
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
@@ -117,6 +208,29 @@ impl Proxy {
             self.name,
             self.addr
         )
+    }
+
+    /// The certificate fingerprint a `--tls` daemon prints at start, alone on a line of
+    /// its stdout (`sha256=HEX`), for the box to pin.
+    pub(crate) fn tls_pin(&self) -> anyhow::Result<String> {
+        let deadline = Instant::now() + START_WAIT;
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let pin = log
+                .lines()
+                .filter_map(|line| line.strip_prefix("sha256="))
+                // Not a line still being written.
+                .find(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
+            if let Some(pin) = pin {
+                return Ok(pin.to_owned());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} printed no sha256= line within {START_WAIT:?}; its log:\n{log}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub(crate) fn fd_count(&self) -> anyhow::Result<usize> {

@@ -297,3 +297,69 @@ pub(crate) async fn soak(proxy: &Proxy, targets: &Targets, scale: Scale) -> anyh
     );
     Ok(())
 }
+
+/// What a chain's box says about its upstream in `GET /health`.
+#[derive(Debug)]
+pub(crate) struct UpstreamHealth {
+    /// `up`, `down` (it failed last, so the box serves destinations directly) or `unknown`.
+    pub(crate) state: String,
+    /// Connections the upstream carried.
+    pub(crate) connections: u64,
+    /// Of those, how many resumed a TLS session (no full handshake).
+    pub(crate) resumed_sessions: u64,
+}
+
+/// Asks the box's REST API (loopback, no token) over HTTP/1.1 with `Connection: close`.
+pub(crate) async fn upstream_health(chain: &Chain) -> anyhow::Result<UpstreamHealth> {
+    let ask = async {
+        let mut conn = TcpStream::connect(chain.api).await?;
+        let request = format!(
+            "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            chain.api
+        );
+        conn.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        conn.read_to_end(&mut response).await?;
+        io::Result::Ok(response)
+    };
+    let name = chain.kind.route();
+    let response = tokio::time::timeout(STEP_TIMEOUT, ask)
+        .await
+        .with_context(|| format!("{name}: GET /health timed out"))?
+        .with_context(|| format!("{name}: GET /health"))?;
+    let response = String::from_utf8_lossy(&response);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .with_context(|| format!("{name}: GET /health: no body in {response:?}"))?;
+    let health: serde_json::Value = serde_json::from_str(body)
+        .with_context(|| format!("{name}: GET /health: not JSON: {response:?}"))?;
+    let upstream = &health["upstreams"][0];
+    let count = |field: &str| {
+        upstream[field]
+            .as_u64()
+            .with_context(|| format!("{name}: GET /health: no upstreams[0].{field} in {body}"))
+    };
+    Ok(UpstreamHealth {
+        state: upstream["state"].as_str().unwrap_or_default().to_owned(),
+        connections: count("connections")?,
+        resumed_sessions: count("resumed_sessions")?,
+    })
+}
+
+/// Relays one connection through the chain and checks that its upstream carried it.
+pub(crate) async fn ensure_chained(chain: &Chain, targets: &Targets) -> anyhow::Result<()> {
+    let mut conn = chain.via().connect(targets.echo).await?;
+    conn.write_all(b"ping").await?;
+    conn.read_exact(&mut [0u8; 4]).await?;
+    drop(conn);
+    let health = upstream_health(chain).await?;
+    if health.state != "up" || health.connections != 1 {
+        let log = std::fs::read_to_string(&chain.entry.log).unwrap_or_default();
+        bail!(
+            "{}: the box did not relay through its upstream ({health:?}); its log:\n{log}",
+            chain.kind.route()
+        );
+    }
+    Ok(())
+}
