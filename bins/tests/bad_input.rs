@@ -172,6 +172,30 @@ fn the_daemon_refuses_to_start_on_a_broken_rule_file_naming_the_line() {
 }
 
 #[test]
+fn a_malformed_upstream_stops_startup_with_a_message_that_keeps_the_password() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (upstream, needle) in [
+        ("vps=socks5://box:s3cret@203.0.113.7", "needs a port"),
+        (
+            "vps=socks5+tls://box:s3cret@h:1080#sha256=abc",
+            "64 hex digits",
+        ),
+        ("vps socks5://h:1080", "expected NAME="),
+    ] {
+        let out = daemon_bin()
+            .args(["-i", "127.0.0.1", "-p", "0", "--api", "off", "--policy"])
+            .arg(dir.path().join("rules"))
+            .args(["--upstream", upstream])
+            .output()
+            .expect("run daemon");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{upstream}");
+        assert!(stderr.contains(needle), "{upstream}: {stderr}");
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+    }
+}
+
+#[test]
 fn an_api_beyond_loopback_needs_a_token() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = daemon_bin()
