@@ -281,16 +281,7 @@ impl Policy {
             .and_then(|n| self.match_name(n))
             .or_else(|| self.match_addr(addr))
             .or(self.index.any);
-        match hit {
-            Some(i) => Match {
-                settings: self.rules[i].settings,
-                rule: Some(&self.rules[i]),
-            },
-            None => Match {
-                settings: Settings::default(),
-                rule: None,
-            },
-        }
+        self.matched(hit)
     }
 
     /// The match for a request by `name` when no address can change it: a name rule
@@ -309,7 +300,12 @@ impl Policy {
             }
             None => return None,
         };
-        Some(match hit {
+        Some(self.matched(hit))
+    }
+
+    /// The match for rule `hit`, or the built-in default.
+    fn matched(&self, hit: Option<usize>) -> Match<'_> {
+        match hit {
             Some(i) => Match {
                 settings: self.rules[i].settings,
                 rule: Some(&self.rules[i]),
@@ -318,7 +314,7 @@ impl Policy {
                 settings: Settings::default(),
                 rule: None,
             },
-        })
+        }
     }
 
     /// Whether a connection to `addr`, requested by `name` if the client gave a name, may
