@@ -212,6 +212,17 @@ async fn tls_with_the_pin_works_and_a_wrong_pin_goes_direct() -> Result<()> {
             status(&mispinned, "vps")?.failure.context("failure")?.kind,
             FailureKind::Tls
         );
+        // Without a pin the certificate must chain to the system's roots: a self-signed
+        // one does not.
+        let unpinned = box_proxy("vps", &[format!("vps=socks5+tls://{}", vps.addr)]).await?;
+        assert_eq!(echo_through(&unpinned, &addr_bytes(echo)).await?.0, None);
+        let failure = status(&unpinned, "vps")?.failure.context("failure")?;
+        assert_eq!(failure.kind, FailureKind::Tls);
+        assert!(
+            failure.message.contains("UnknownIssuer"),
+            "{}",
+            failure.message
+        );
         // Plain SOCKS5 to a TLS server is no handshake at all.
         let plain = box_proxy("vps", &[format!("vps=socks5://{}", vps.addr)]).await?;
         assert_eq!(echo_through(&plain, &addr_bytes(echo)).await?.0, None);
