@@ -53,6 +53,6 @@ pub use daemon_support::{
 };
 pub use diagnosis::{Note, Severity, kernel_notes};
 pub use host::{Host, KernelProbe, LocalAddresses, LocalEndpoint, interface_name};
-pub use store::{ReloadError, Reloaded, RuleStore, StoreError};
+pub use store::{ReloadError, Reloaded, RuleStore, StoreCounts, StoreError};
 pub use tls_identity::{TlsIdentity, TlsIdentityError};
 pub use watch::{WatchGuard, spawn_watcher};

@@ -109,7 +109,7 @@ pub use registry::{Connection, Connections};
 pub use rustls;
 pub use server::{Server, serve};
 pub use socks5::Reply;
-pub use stats::{Stats, StatsSnapshot};
+pub use stats::{CONNECT_BUCKETS, LatencySnapshot, Stats, StatsSnapshot};
 pub use throttle::LogThrottle;
 pub use upstream::{
     FailureKind, Fingerprint, Upstream, UpstreamError, UpstreamFailure, UpstreamHost,

@@ -9,6 +9,8 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use mptcp_policy::SubflowInfo;
+
+use crate::stats::Stats;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -114,20 +116,23 @@ impl AsyncWrite for OutboundIo {
 /// What a relay moved: bytes each way, and when data last moved (milliseconds since the
 /// relay began), for the idle timeout.
 #[derive(Debug)]
-pub(crate) struct Activity {
+pub(crate) struct Activity<'a> {
     start: Instant,
     last_ms: AtomicU64,
     up: AtomicU64,
     down: AtomicU64,
+    /// The server's counters, which get every byte too.
+    stats: &'a Stats,
 }
 
-impl Activity {
-    pub(crate) fn new() -> Self {
+impl<'a> Activity<'a> {
+    pub(crate) fn new(stats: &'a Stats) -> Self {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
             up: AtomicU64::new(0),
             down: AtomicU64::new(0),
+            stats,
         }
     }
 
@@ -142,6 +147,7 @@ impl Activity {
     fn record(&self, upstream: bool, bytes: usize) {
         let counter = if upstream { &self.up } else { &self.down };
         counter.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.stats.relayed(upstream, bytes as u64);
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
     }
@@ -158,7 +164,7 @@ impl Activity {
 #[derive(Debug)]
 pub(crate) struct Watched<'a, S> {
     pub(crate) inner: S,
-    pub(crate) activity: &'a Activity,
+    pub(crate) activity: &'a Activity<'a>,
     /// Whether this is the client's side (what it reads goes up to the server).
     pub(crate) upstream: bool,
 }
@@ -199,7 +205,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
 
 /// Completes when nothing has moved for `limit` (returning how long), never without one.
 /// One timer per connection, re-armed only when it fires: no cost per byte.
-pub(crate) async fn idle_for(activity: &Activity, limit: Option<Duration>) -> Duration {
+pub(crate) async fn idle_for(activity: &Activity<'_>, limit: Option<Duration>) -> Duration {
     let Some(limit) = limit else {
         return std::future::pending().await;
     };
@@ -215,32 +221,66 @@ pub(crate) async fn idle_for(activity: &Activity, limit: Option<Duration>) -> Du
 /// How often a relayed MPTCP connection's subflows are read for its closing log line.
 pub(crate) const SUBFLOW_SAMPLE: Duration = Duration::from_secs(1);
 
-/// Every subflow a connection had, with the most bytes each was seen to carry.
+/// Every subflow a connection had, with the most bytes each was seen to carry, and how
+/// many went away (and came back from the same local address) while it lived.
 #[derive(Debug, Default)]
-pub(crate) struct SubflowsSeen(Vec<SubflowInfo>);
+pub(crate) struct SubflowsSeen {
+    all: Vec<SubflowInfo>,
+    /// Per entry of `all`: whether it was missing from a later sample.
+    gone: Vec<bool>,
+    pub(crate) lost: u64,
+    pub(crate) recreated: u64,
+}
 
 impl SubflowsSeen {
-    pub(crate) fn sample(&mut self, socket: &impl std::os::fd::AsFd) {
+    /// Reads the subflows now. `last`: the connection is ending, its subflows are being
+    /// torn down, so missing ones do not count as lost.
+    pub(crate) fn sample(&mut self, socket: &impl std::os::fd::AsFd, last: bool) {
         let Ok(Some(now)) = mptcp_policy::subflows(socket) else {
             return;
         };
+        let same = |a: &SubflowInfo, b: &SubflowInfo| a.local == b.local && a.remote == b.remote;
+        if !last {
+            for (known, gone) in self.all.iter().zip(self.gone.iter_mut()) {
+                if !*gone && !now.iter().any(|s| same(s, known)) {
+                    *gone = true;
+                    self.lost += 1;
+                }
+            }
+        }
         for subflow in now {
-            let same =
-                |s: &&mut SubflowInfo| s.local == subflow.local && s.remote == subflow.remote;
-            match self.0.iter_mut().find(same) {
-                Some(known) => {
+            match self.all.iter_mut().position(|s| same(s, &subflow)) {
+                Some(i) => {
+                    let known = &mut self.all[i];
                     known.bytes_acked = known.bytes_acked.max(subflow.bytes_acked);
                     known.bytes_received = known.bytes_received.max(subflow.bytes_received);
                 }
-                None => self.0.push(subflow),
+                None => {
+                    let ip = subflow.local.ip();
+                    if self
+                        .all
+                        .iter()
+                        .zip(&self.gone)
+                        .any(|(s, gone)| *gone && s.local.ip() == ip)
+                    {
+                        self.recreated += 1;
+                    }
+                    self.all.push(subflow);
+                    self.gone.push(false);
+                }
             }
         }
+    }
+
+    /// Every subflow seen.
+    pub(crate) fn all(&self) -> &[SubflowInfo] {
+        &self.all
     }
 
     /// `10.0.1.1->10.0.1.2:80 8.1 MB, 10.0.2.1->10.0.1.2:80 8.4 MB`: what each subflow
     /// carried, both directions together.
     pub(crate) fn describe(&self) -> String {
-        self.0
+        self.all
             .iter()
             .map(|s| {
                 let bytes = s.bytes_acked + s.bytes_received;

@@ -361,7 +361,7 @@ where
 {
     let _active = shared.stats.accepted();
     if let Err(err) = serve_client(shared, stream, client).await {
-        shared.stats.failed();
+        shared.stats.failed_with(err.reply());
         if err.is_routine() {
             tracing::debug!(%client, error = %err, "client connection ended");
         } else {
@@ -399,6 +399,7 @@ where
         upstreams: &shared.upstreams,
         learned: &shared.learned,
     };
+    let connecting = Instant::now();
     let connected = connector.connect(&target, &target_addr).await;
     drop(policy);
     let outbound = match connected {
@@ -417,6 +418,7 @@ where
     };
 
     shared.stats.connected(outbound.transport);
+    shared.stats.connect_took(connecting.elapsed());
     let bound = outbound.socket.local_addr()?;
     let outbound_socket = Arc::clone(&outbound.socket);
     let via = outbound.via.clone();
@@ -443,6 +445,7 @@ where
         .as_ref()
         .map_or_else(|| "default".to_owned(), ToString::to_string);
     let via_name = via.as_ref().map_or("direct", |name| name.as_str());
+    shared.stats.routed(via_name);
     tracing::info!(
         id = registration.id(),
         %client,
@@ -458,7 +461,7 @@ where
     socks5::write_reply(&mut stream, Reply::Succeeded, bound).await?;
     let mptcp = outbound.transport == Transport::Mptcp;
     let mut seen = SubflowsSeen::default();
-    let activity = Activity::new();
+    let activity = Activity::new(&shared.stats);
     let ended = {
         let mut inbound = Watched {
             inner: stream,
@@ -484,14 +487,17 @@ where
             tokio::select! {
                 done = &mut relay => break done.map(|_| None),
                 idle = &mut idle => break Ok(Some(idle)),
-                _ = sample.tick(), if mptcp => seen.sample(registration.socket()),
+                _ = sample.tick(), if mptcp => seen.sample(registration.socket(), false),
             }
         }
     };
     // Subflows come and go (a link fails, another joins), and at the end they are being
     // torn down: the closing line reports every one seen, with the most it carried.
     if mptcp {
-        seen.sample(&*outbound_socket);
+        seen.sample(&*outbound_socket, true);
+        shared
+            .stats
+            .subflows_closed(seen.all(), seen.lost, seen.recreated);
     }
     let paths = mptcp.then(|| seen.describe());
     let id = registration.id();

@@ -29,6 +29,7 @@ use crate::store::StoreError;
 /// | `WrongHost` | 421 | a `Host` that is not an address the API listens on (the message lists those) |
 /// | `InvalidRule` | 422 | a well-formed body with an invalid value, or one this host refuses |
 /// | `WriteFailed` | 500 | the rule file could not be written (nothing changed) |
+/// | `Internal` | 500 | an answer could not be made (the metrics text) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ErrorKind {
     Malformed,
@@ -42,6 +43,7 @@ pub(super) enum ErrorKind {
     WrongHost,
     InvalidRule,
     WriteFailed,
+    Internal,
 }
 
 impl ErrorKind {
@@ -58,7 +60,7 @@ impl ErrorKind {
             ErrorKind::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::WrongHost => StatusCode::MISDIRECTED_REQUEST,
             ErrorKind::InvalidRule => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorKind::WriteFailed => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::WriteFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -301,6 +303,7 @@ mod tests {
             (ErrorKind::WrongHost, 421),
             (ErrorKind::InvalidRule, 422),
             (ErrorKind::WriteFailed, 500),
+            (ErrorKind::Internal, 500),
         ] {
             assert_eq!(kind.status().as_u16(), status, "{kind:?}");
         }

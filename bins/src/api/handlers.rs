@@ -133,6 +133,23 @@ pub(super) fn connections_handler(method: Method, _body: Vec<u8>, api: Api) -> R
     json_response(StatusCode::OK, &connections)
 }
 
+pub(super) fn metrics_handler(method: Method, _body: Vec<u8>, api: Api) -> Response {
+    if method != Method::GET {
+        return ApiError::method_not_allowed(&method, "GET").into_response();
+    }
+    match super::metrics::render(api.server.as_ref(), &api.store) {
+        Ok(text) => {
+            let mut response = Response::new(text.into());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(super::metrics::CONTENT_TYPE),
+            );
+            response
+        }
+        Err(_) => ApiError::new(ErrorKind::Internal, "cannot encode the metrics").into_response(),
+    }
+}
+
 pub(super) fn learned_handler(method: Method, _body: Vec<u8>, api: Api) -> Response {
     let learned = api.server.as_ref().map(|server| server.learned());
     match method {

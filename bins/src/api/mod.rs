@@ -13,6 +13,7 @@
 //! | `GET /health`               | status, rule count, rule file, last reload error, upstreams |
 //! | `GET /learned`              | what `via=auto:NAME` rules learned: per address, MPTCP or not |
 //! | `DELETE /learned`           | forget it (204), so the next connections check again       |
+//! | `GET /metrics`              | counters in the Prometheus (OpenMetrics) text format       |
 //!
 //! `{destination}` is the rule's first field: an address, a CIDR prefix, a name, a wildcard
 //! (`*.example.com`) or `*`. It is percent-decoded, and a `/` may be sent as is or as
@@ -70,13 +71,15 @@ mod auth;
 mod body;
 mod error;
 mod handlers;
+mod metrics;
 mod server;
 mod wire;
 
 use auth::{AcceptedHosts, access, check_host, require_token};
 use body::limited_body;
 use handlers::{
-    capabilities_handler, connections_handler, health_handler, learned_handler, rules_handler,
+    capabilities_handler, connections_handler, health_handler, learned_handler, metrics_handler,
+    rules_handler,
 };
 
 pub use body::BODY_LIMIT;
@@ -239,6 +242,14 @@ impl Api {
             .and(with_api.clone())
             .map(learned_handler);
 
+        let metrics = warp::path("metrics")
+            .and(warp::path::end())
+            .and(warp::method())
+            .and(require_token(token.clone()))
+            .and(body.clone())
+            .and(with_api.clone())
+            .map(metrics_handler);
+
         let health = warp::path("health")
             .and(warp::path::end())
             .and(warp::method())
@@ -257,6 +268,8 @@ impl Api {
                     .or(connections)
                     .unify()
                     .or(learned)
+                    .unify()
+                    .or(metrics)
                     .unify()
                     .or(health)
                     .unify(),

@@ -37,6 +37,18 @@ pub struct RuleStore {
     inner: Arc<Inner>,
 }
 
+/// What [`RuleStore::counts`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct StoreCounts {
+    /// Reloads that put a changed file in force.
+    pub reloads: u64,
+    /// Reloads refused (the file broken or not to be trusted).
+    pub reload_errors: u64,
+    /// Changes written to the file (through the API).
+    pub writes: u64,
+}
+
 struct Inner {
     /// The rule file, as given by the operator.
     path: PathBuf,
@@ -61,6 +73,11 @@ struct Inner {
     /// How many times the file's content was read: shows (to tests, say) that the watcher
     /// settles after a change.
     reads: AtomicU64,
+    /// Reloads that put a changed file in force, reloads refused, and changes written
+    /// for the API: for `/metrics`.
+    reloads: AtomicU64,
+    reload_errors: AtomicU64,
+    writes: AtomicU64,
     /// The caps on size and rule count.
     limits: Limits,
 }
@@ -125,6 +142,9 @@ impl RuleStore {
             euid,
             last_read: Mutex::new(None),
             reads: AtomicU64::new(0),
+            reloads: AtomicU64::new(0),
+            reload_errors: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
             limits,
         };
         let resolved = inner.resolve()?;
@@ -165,6 +185,17 @@ impl RuleStore {
     /// only looks at its metadata.
     pub fn reads(&self) -> u64 {
         self.inner.reads.load(Ordering::Relaxed)
+    }
+
+    /// Reloads that put a changed rule file in force, reloads refused (a broken file),
+    /// and changes written to the file for the API, since start.
+    pub fn counts(&self) -> StoreCounts {
+        let inner = &self.inner;
+        StoreCounts {
+            reloads: inner.reloads.load(Ordering::Relaxed),
+            reload_errors: inner.reload_errors.load(Ordering::Relaxed),
+            writes: inner.writes.load(Ordering::Relaxed),
+        }
     }
 
     /// The policy in force now.
@@ -320,6 +351,7 @@ impl Inner {
                 // What is on disk now is what is in force: the reload our write triggers
                 // has nothing to read.
                 *lock(&self.last_read) = Some(written);
+                self.writes.fetch_add(1, Ordering::Relaxed);
             }
             self.policy.store(next);
         }
@@ -376,12 +408,14 @@ impl Inner {
         }
         let rules = outcome.rules().len();
         self.policy.store(outcome);
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.path.display(), rules, "reloaded rule file");
         warn_unavailable(&self.path, &self.policy.load(), &self.kernel.get());
         Ok(Reloaded::Changed { rules })
     }
 
     fn record_reload_error(&self, err: &StoreError) {
+        self.reload_errors.fetch_add(1, Ordering::Relaxed);
         let line = match err {
             StoreError::Parse { source, .. } => source.line(),
             StoreError::NotUtf8 { line, .. } => Some(*line),

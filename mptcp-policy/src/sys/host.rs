@@ -35,6 +35,18 @@ pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
     Ok(interface_addresses()?.into_iter().map(|(_, a)| a).collect())
 }
 
+/// The interface that has each of this host's addresses, by address: which link an
+/// address stands for.
+///
+/// # Errors
+/// When the interface list cannot be read (`getifaddrs`).
+pub fn address_interfaces() -> io::Result<Vec<(IpAddr, String)>> {
+    Ok(interface_addresses()?
+        .into_iter()
+        .map(|(name, addr)| (addr, name.to_string_lossy().into_owned()))
+        .collect())
+}
+
 /// `(interface name, address)` for every IPv4 and IPv6 address `getifaddrs` lists.
 fn interface_addresses() -> io::Result<Vec<(CString, IpAddr)>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();

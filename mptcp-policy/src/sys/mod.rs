@@ -7,8 +7,8 @@ mod host;
 mod info;
 
 pub use host::{
-    effective_uid, fd_limit, interface_name, local_address_up, local_addresses, raise_fd_limit,
-    set_fd_limit,
+    address_interfaces, effective_uid, fd_limit, interface_name, local_address_up, local_addresses,
+    raise_fd_limit, set_fd_limit,
 };
 pub use info::{MptcpInfo, SubflowInfo, is_mptcp, mptcp_info, subflows};
 
