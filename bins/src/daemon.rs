@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mptcp_policy::{KernelSupport, Opened, PmMode};
@@ -325,26 +326,13 @@ impl Daemon {
         let connections = server.connections().clone();
 
         // The inventory is what `ip mptcp endpoint` lists; the API shows it and the
-        // userspace path manager makes subflows from it.
+        // userspace path manager makes subflows from it. The API answers once the path
+        // manager (which its health reports on) runs.
         let inventory = LocalAddresses::default();
         let rest = Api::new(store.clone())
             .token(config.api_token)
             .host(Host::new(config.path_manager).local_addresses(inventory.clone()))
             .server(server.clone());
-        let api_task = match api {
-            Some(ApiListener::Tcp(listener)) => {
-                if let Ok(bound) = listener.local_addr() {
-                    tracing::info!("REST API listening on http://{bound}");
-                }
-                Some(tokio::spawn(rest.serve(listener, stopped())))
-            }
-            Some(ApiListener::Unix(socket)) => {
-                tracing::info!("REST API listening on unix:{}", socket.path().display());
-                Some(tokio::spawn(rest.serve_unix(socket, stopped())))
-            }
-            None => None,
-        };
-
         tokio::spawn(mptcp_socks::keep_inventory(
             inventory.clone(),
             INVENTORY_REFRESH,
@@ -357,7 +345,7 @@ impl Daemon {
                 let restore = pm_sysctl::UserspacePm::switch()?;
                 // Fail at start, with the reason, rather than run without subflows. On an
                 // error `restore` is dropped, which puts the sysctl back.
-                let pm = mptcp_socks::start_userspace_pm(connections, inventory, stopped())
+                let pm = mptcp_socks::start_userspace_pm(connections, inventory.clone(), stopped())
                     .await
                     .map_err(|e| {
                         DaemonError::PathManager(if e.is_permission_denied() {
@@ -376,6 +364,33 @@ impl Daemon {
                 (None, None)
             }
         };
+        let rest = match &userspace_pm {
+            Some(pm) => {
+                let pm = pm.monitor();
+                rest.check(Arc::new(move || {
+                    (!pm.is_running()).then(|| {
+                        "the userspace path manager has stopped: connections get no subflows \
+                         beyond their first until the daemon is restarted"
+                            .to_owned()
+                    })
+                }))
+            }
+            None => rest,
+        };
+        let api_task = match api {
+            Some(ApiListener::Tcp(listener)) => {
+                if let Ok(bound) = listener.local_addr() {
+                    tracing::info!("REST API listening on http://{bound}");
+                }
+                Some(tokio::spawn(rest.serve(listener, stopped())))
+            }
+            Some(ApiListener::Unix(socket)) => {
+                tracing::info!("REST API listening on unix:{}", socket.path().display());
+                Some(tokio::spawn(rest.serve_unix(socket, stopped())))
+            }
+            None => None,
+        };
+
         log_kernel_notes(config.path_manager);
         Ok(Daemon {
             socks,

@@ -42,7 +42,7 @@ mod watch;
 
 pub use api::{
     Api, ApiLimits, BODY_LIMIT, Capabilities, ConnectionView, DESTINATION_ESCAPES, Health,
-    LearnedView, LocalAddressView, RuleRequest, RuleView, SubflowView, UnixApiSocket,
+    HealthCheck, LearnedView, LocalAddressView, RuleRequest, RuleView, SubflowView, UnixApiSocket,
     UpstreamFailureView, UpstreamView, routes, rule_location, rule_path, serve_api,
 };
 pub use cli::{Args, Cli};

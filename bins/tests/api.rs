@@ -884,6 +884,9 @@ async fn watcher_picks_up_hand_edits_and_keeps_the_last_good_policy() {
     assert_eq!(f.store.policy().rules().len(), 1);
     let answer = call(&f.store, "GET", "/health", None).await;
     assert_eq!(answer.body["last_reload_error"]["line"], 2);
+    assert_eq!(answer.body["status"], "degraded", "{}", answer.body);
+    let problem = answer.body["problems"][0].as_str().expect("a problem");
+    assert!(problem.contains("rule file on disk is broken"), "{problem}");
 
     // Fixed: picked up, error cleared.
     fs::write(&f.path, "203.0.113.8,1,default,default,\n.\n").expect("write");
@@ -892,6 +895,8 @@ async fn watcher_picks_up_hand_edits_and_keeps_the_last_good_policy() {
     })
     .await;
     wait_for("error cleared", || f.store.last_reload_error().is_none()).await;
+    let answer = call(&f.store, "GET", "/health", None).await;
+    assert_eq!(answer.body["status"], "ok", "{}", answer.body);
 
     // Our own writes do not produce reload errors and are not undone.
     for i in 0..5 {

@@ -407,5 +407,18 @@ fn the_box_bonds_both_uplinks_through_the_vps_and_learns_where_not_to() -> anyho
         ),
         "the box did not log the failure"
     );
+    // And `mptcpctl health` says so, with exit code 4.
+    let api = format!("http://{}", lab.boxed.api.context("api")?);
+    let out = lab
+        .topo
+        .command(Ns::Proxy, env!("CARGO_BIN_EXE_mptcpctl"))
+        .args(["--api", &api, "health"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.code() == Some(4) && stdout.contains("problem: upstream vps is down"),
+        "mptcpctl health: {:?} {stdout}",
+        out.status
+    );
     Ok(())
 }

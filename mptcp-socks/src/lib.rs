@@ -116,4 +116,4 @@ pub use upstream::{
     UpstreamStatus, tls_server_config,
 };
 #[cfg(feature = "userspace-pm")]
-pub use userspace_pm::{PmError, UserspacePm, start_userspace_pm};
+pub use userspace_pm::{PmError, PmMonitor, UserspacePm, start_userspace_pm};

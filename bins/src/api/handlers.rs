@@ -58,19 +58,39 @@ pub(super) fn health_handler(method: Method, access: Access, _body: Vec<u8>, api
         .as_ref()
         .map(|server| server.upstreams().iter().map(UpstreamView::from).collect())
         .unwrap_or_default();
-    // An upstream that failed last means its destinations go direct: no aggregation.
-    let status = if upstreams.iter().any(|u| u.state == "down") {
-        "degraded"
-    } else {
+    let last_reload_error = store.last_reload_error();
+    // What keeps the daemon from doing its job fully, each with its consequence.
+    let mut problems: Vec<String> = Vec::new();
+    if let Some(err) = &last_reload_error {
+        problems.push(format!(
+            "the rule file on disk is broken, the previous rules are in force: {}",
+            err.message
+        ));
+    }
+    for upstream in upstreams.iter().filter(|u| u.state == "down") {
+        let why = upstream
+            .failure
+            .as_ref()
+            .map_or_else(String::new, |f| format!(" ({}: {})", f.kind, f.message));
+        problems.push(format!(
+            "upstream {} is down{why}: its destinations go direct",
+            upstream.name
+        ));
+    }
+    problems.extend(api.checks.iter().filter_map(|check| check()));
+    let status = if problems.is_empty() {
         "ok"
+    } else {
+        "degraded"
     };
     let health = if access == Access::Authorized {
         Health {
             status: status.into(),
             rules: Some(store.policy().rules().len()),
             rule_file: Some(store.path().display().to_string()),
-            last_reload_error: store.last_reload_error(),
+            last_reload_error,
             upstreams,
+            problems,
         }
     } else {
         Health {
@@ -79,6 +99,7 @@ pub(super) fn health_handler(method: Method, access: Access, _body: Vec<u8>, api
             rule_file: None,
             last_reload_error: None,
             upstreams: Vec::new(),
+            problems: Vec::new(),
         }
     };
     json_response(StatusCode::OK, &health)

@@ -90,6 +90,9 @@ pub use wire::{
     rule_path,
 };
 
+/// A condition `GET /health` asks about: `Some(problem)` while it degrades the daemon.
+pub type HealthCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
 /// The REST API: the rule store, the host it judges rules against, the SOCKS server
 /// whose connections, upstreams and learned answers it shows, and the token it requires.
 /// Cheap to clone.
@@ -118,6 +121,8 @@ pub struct Api {
     host: Host,
     /// `None`: no connections, no upstreams, nothing learned.
     server: Option<Server>,
+    /// What else degrades the daemon, asked at each `GET /health`.
+    checks: Vec<HealthCheck>,
     /// The `Host` values accepted; `None`: not checked (a Unix socket, or routes used
     /// without a listener).
     accepted_hosts: Option<Arc<AcceptedHosts>>,
@@ -132,6 +137,7 @@ impl std::fmt::Debug for Api {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("host", &self.host)
             .field("server", &self.server.is_some())
+            .field("checks", &self.checks.len())
             .field("accepted_hosts", &self.accepted_hosts)
             .field("limits", &self.limits)
             .finish()
@@ -148,6 +154,7 @@ impl Api {
             token: None,
             host: Host::default(),
             server: None,
+            checks: Vec::new(),
             accepted_hosts: None,
             limits: ApiLimits::DEFAULT,
         }
@@ -188,6 +195,13 @@ impl Api {
     #[must_use]
     pub fn server(mut self, server: Server) -> Self {
         self.server = Some(server);
+        self
+    }
+
+    /// Reports the daemon `degraded` in `GET /health` while `check` returns a problem.
+    #[must_use]
+    pub fn check(mut self, check: HealthCheck) -> Self {
+        self.checks.push(check);
         self
     }
 

@@ -87,7 +87,9 @@ impl RuleView {
 /// The answer of `GET /health`. Without the token (when one is set) only `status` is given.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
-    /// Always `"ok"` when the daemon answers.
+    /// `"ok"`, or `"degraded"` while something keeps the daemon from doing its job fully:
+    /// the rule file on disk is broken, an upstream is down, the userspace path manager
+    /// has stopped (see `problems`).
     pub status: String,
     /// Number of rules in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -101,6 +103,9 @@ pub struct Health {
     /// Each `--upstream`, with whether it works.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upstreams: Vec<UpstreamView>,
+    /// Why `status` is `degraded`: each problem with what it costs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// One upstream in `GET /health`.

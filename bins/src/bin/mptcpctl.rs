@@ -1,7 +1,7 @@
 //! `mptcpctl`: the operator's view of a running `mptcp-socksd`, over its REST API.
 //!
 //! Exit codes: 0 done, 1 the API refused (its message is printed), 2 usage error,
-//! 3 the API cannot be reached.
+//! 3 the API cannot be reached, 4 `health`: the daemon is degraded.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -45,7 +45,8 @@ enum Command {
     /// List, show, add or remove rules.
     #[command(subcommand)]
     Rules(RulesCommand),
-    /// Is the daemon up, how many rules, did the last reload of the rule file fail?
+    /// Is the daemon up, how many rules, did the last reload of the rule file fail, are
+    /// the upstreams up? Exits 4 while the daemon is degraded.
     Health,
     /// What this host offers: kernel MPTCP, path-manager mode, schedulers, local addresses.
     #[command(alias = "caps")]
@@ -149,6 +150,8 @@ enum Failure {
     Unreachable(String),
     /// The URL given is not usable (exit 2, like clap's usage errors).
     Usage(String),
+    /// `health` found the daemon degraded (exit 4; the problems are printed).
+    Degraded,
 }
 
 impl From<ClientError> for Failure {
@@ -167,6 +170,7 @@ impl Failure {
             Failure::Api(m) => (m, 1),
             Failure::Usage(m) => (m, 2),
             Failure::Unreachable(m) => (m, 3),
+            Failure::Degraded => return ExitCode::from(4),
         };
         eprintln!("mptcpctl: {message}");
         ExitCode::from(code)
@@ -186,8 +190,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
         Command::Health => {
             let health = client.health()?;
+            let degraded = health.status != "ok";
             if cli.json {
-                return print_json(&health);
+                print_json(&health)?;
+                return if degraded {
+                    Err(Failure::Degraded)
+                } else {
+                    Ok(())
+                };
             }
             let mut line = format!("{} (API {})", health.status, client.base());
             if let Some(rules) = health.rules {
@@ -205,6 +215,12 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
             for upstream in &health.upstreams {
                 println!("{}", upstream_line(upstream));
+            }
+            for problem in &health.problems {
+                println!("problem: {problem}");
+            }
+            if degraded {
+                return Err(Failure::Degraded);
             }
         }
         Command::Learned { forget: true } => {

@@ -60,6 +60,23 @@ impl UserspacePm {
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
     }
+
+    /// A handle that tells whether it still runs, for whoever reports health.
+    pub fn monitor(&self) -> PmMonitor {
+        PmMonitor(self.task.abort_handle())
+    }
+}
+
+/// Tells whether a [`UserspacePm`] still runs (it stops on shutdown, or if its task
+/// panicked), without owning or stopping it.
+#[derive(Debug, Clone)]
+pub struct PmMonitor(tokio::task::AbortHandle);
+
+impl PmMonitor {
+    /// Whether the path manager still runs.
+    pub fn is_running(&self) -> bool {
+        !self.0.is_finished()
+    }
 }
 
 /// Starts the userspace path manager: opens the `mptcp_pm` netlink family and joins its

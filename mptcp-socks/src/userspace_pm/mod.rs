@@ -20,4 +20,4 @@
 mod driver;
 mod planner;
 
-pub use driver::{PmError, UserspacePm, start_userspace_pm};
+pub use driver::{PmError, PmMonitor, UserspacePm, start_userspace_pm};
