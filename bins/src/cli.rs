@@ -61,6 +61,10 @@ pub struct Args {
     /// Quiet: log errors only.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// `text` (one line per event, for people) or `json` (one JSON object per line, for
+    /// log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     /// The rule file (seed format; created on the first change through the API).
     #[arg(long, default_value = "mptcp-socks.rules", env = "MPTCP_SOCKS_POLICY")]
     policy: PathBuf,
@@ -141,6 +145,15 @@ pub struct Args {
     state_dir: Option<PathBuf>,
 }
 
+/// How the daemon writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event, fields as `key=value` with control characters escaped.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 fn parse_api(s: &str) -> Result<ApiListen, String> {
     match s {
         "off" | "none" | "" => Ok(ApiListen::Off),
@@ -198,6 +211,11 @@ impl Cli {
     /// `-q`: log errors only.
     pub fn quiet(&self) -> bool {
         self.args.quiet
+    }
+
+    /// `--log-format`.
+    pub fn log_format(&self) -> LogFormat {
+        self.args.log_format
     }
 
     /// The daemon's configuration: secrets read from their files (a warning when a secret

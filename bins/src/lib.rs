@@ -45,7 +45,7 @@ pub use api::{
     HealthCheck, LearnedView, LocalAddressView, RuleRequest, RuleView, SubflowView, UnixApiSocket,
     UpstreamFailureView, UpstreamView, routes, rule_location, rule_path, serve_api,
 };
-pub use cli::{Args, Cli};
+pub use cli::{Args, Cli, LogFormat};
 pub use client::{ApiClient, ClientError};
 pub use daemon::{ApiListen, Daemon, DaemonConfig, DaemonError, Listeners, run};
 pub use daemon_support::{

@@ -321,3 +321,56 @@ fn a_password_on_the_command_line_is_warned_about() {
     assert!(daemon.wait_for_log("/proc/PID/cmdline", Duration::from_secs(5)));
     assert!(daemon.log().contains("file-descriptor limit"));
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_whatever_a_client_sends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut child = daemon_bin()
+        .args(["-i", "127.0.0.1", "-p", &port.to_string(), "--api", "off"])
+        .args(["--log-format", "json", "--connect-timeout", "1", "--policy"])
+        .arg(dir.path().join("rules"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run daemon");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => break stream,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("the daemon does not listen: {e}"),
+        }
+    };
+    // A name with a line break, an escape and a quote, to an invalid TLD.
+    let name = "a\nb\u{1b}c\".invalid";
+    let mut request = vec![5, 1, 0, 5, 1, 0, 3, name.len() as u8];
+    request.extend_from_slice(name.as_bytes());
+    request.extend_from_slice(&80u16.to_be_bytes());
+    stream.write_all(&request).expect("request");
+    let mut answer = [0u8; 12];
+    let _ = stream.read_exact(&mut answer);
+    assert_eq!(answer[3], 4, "host unreachable: {answer:?}");
+    drop(stream);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("log");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let mut saw_target = false;
+    for line in log.lines() {
+        let event: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+        if let Some(target) = event["fields"]["target"].as_str() {
+            saw_target |= target.starts_with("a\\nb");
+        }
+    }
+    assert!(
+        saw_target,
+        "the failed connect is logged with the escaped name:\n{log}"
+    );
+}

@@ -6,7 +6,7 @@
 
 use std::io::IsTerminal;
 
-use mptcp_socksd::{Cli, Listeners};
+use mptcp_socksd::{Cli, Listeners, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -16,14 +16,19 @@ async fn main() -> anyhow::Result<()> {
     // Two lines per connection: written by a background thread, so a slow terminal or
     // pipe never stalls a relay. The guard flushes what is queued when main returns.
     let (log_writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(log_writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .fmt_fields(mptcp_socksd::escaping_fields())
-        .init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(log_writer);
+    match cli.log_format() {
+        LogFormat::Text => log
+            .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(mptcp_socksd::escaping_fields())
+            .init(),
+        // serde_json escapes what a client sent (control characters included).
+        LogFormat::Json => log.json().with_current_span(false).init(),
+    }
 
     let config = cli.into_config(mptcp_socksd::raise_and_log_fd_limit())?;
     let listeners = Listeners::bind(&config).await?;
