@@ -392,6 +392,17 @@ impl Daemon {
         };
 
         log_kernel_notes(config.path_manager);
+        let report = crate::doctor::examine(config.path_manager == PmMode::Userspace).await;
+        for finding in report.findings {
+            if finding.verdict == crate::doctor::Verdict::Problem {
+                tracing::warn!(
+                    check = finding.check,
+                    fix = finding.fix.as_deref(),
+                    "{} (mptcpctl doctor checks again)",
+                    finding.message
+                );
+            }
+        }
         Ok(Daemon {
             socks,
             server,

@@ -34,6 +34,7 @@ mod client;
 mod daemon;
 mod daemon_support;
 mod diagnosis;
+pub mod doctor;
 mod host;
 pub mod pm_sysctl;
 mod store;

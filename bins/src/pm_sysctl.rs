@@ -174,6 +174,15 @@ pub fn recover_dead_daemon() {
     }
 }
 
+/// Whether a live mptcp-socksd runs the userspace path manager in this network
+/// namespace: its marker is there and locked.
+pub fn owned_by_live_daemon() -> bool {
+    let Ok(marker) = marker_path() else {
+        return false;
+    };
+    marker.exists() && matches!(lock_marker(&marker), Ok(None))
+}
+
 /// Warns a kernel-mode daemon that the namespace runs the userspace path manager, set by
 /// someone else: the in-kernel path manager creates no subflows there.
 pub fn warn_if_userspace() {

@@ -1,7 +1,7 @@
 //! `mptcpctl`: the operator's view of a running `mptcp-socksd`, over its REST API.
 //!
 //! Exit codes: 0 done, 1 the API refused (its message is printed), 2 usage error,
-//! 3 the API cannot be reached, 4 `health`: the daemon is degraded.
+//! 3 the API cannot be reached, 4 `health` or `doctor`: something degrades aggregation.
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -61,6 +61,14 @@ enum Command {
     /// The live proxied connections, with their subflows and each one's share of traffic.
     #[command(alias = "conns")]
     Connections,
+    /// Checks this host (MPTCP, path manager, endpoints, limits, routing per uplink) and
+    /// the daemon if one answers; prints each finding and the command that fixes it.
+    /// Exits 4 when a finding prevents or degrades aggregation. Run it as root.
+    Doctor {
+        /// Also open an MPTCP connection to HOST:PORT and report its subflows per uplink.
+        #[arg(long, value_name = "HOST:PORT")]
+        probe: Option<String>,
+    },
     /// What via=auto:NAME rules learned: which destinations speak MPTCP (they go direct).
     Learned {
         /// Forget it all, so the next connections check again.
@@ -315,8 +323,44 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             }
         }
         Command::TlsFingerprint { path } => tls_fingerprint(path)?,
+        Command::Doctor { probe } => return doctor(&client, probe.as_deref(), cli.json),
     }
     Ok(())
+}
+
+fn doctor(client: &ApiClient, probe: Option<&str>, json: bool) -> Result<(), Failure> {
+    use mptcp_socksd::doctor;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Api(format!("cannot start a runtime: {e}")))?;
+    let owned = mptcp_socksd::pm_sysctl::owned_by_live_daemon();
+    let mut report = runtime.block_on(doctor::examine(owned));
+    if let Some(target) = probe {
+        let found = runtime.block_on(doctor::probe(target, std::time::Duration::from_secs(5)));
+        report = report.with([found]);
+    }
+    let report = report.with(doctor::daemon_findings(client));
+    if json {
+        print_json(&report)?;
+    } else {
+        for finding in &report.findings {
+            println!("{finding}");
+        }
+        println!(
+            "{}",
+            if report.ok {
+                "this host can spread connections over its uplinks"
+            } else {
+                "problems found: fix them with the commands above"
+            }
+        );
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Failure::Degraded)
+    }
 }
 
 fn on_off(enabled: bool) -> &'static str {
