@@ -484,8 +484,9 @@ fn uplink_addresses(state: &HostState) -> Vec<(IpAddr, String)> {
 /// How long the probe waits for subflows after the connection is up.
 const PROBE_SETTLE: std::time::Duration = std::time::Duration::from_millis(1500);
 
-/// `--probe HOST:PORT`: opens an MPTCP connection and reports which uplinks its subflows
-/// came up on, and whether the server speaks MPTCP at all.
+/// `--probe HOST:PORT`: opens an MPTCP connection, sends an HTTP `HEAD` request (the
+/// kernel adds subflows only once data has flowed), and reports which uplinks its
+/// subflows came up on, and whether the server speaks MPTCP at all.
 pub async fn probe(target: &str, timeout: std::time::Duration) -> Finding {
     let addrs: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(target).await {
         Ok(addrs) => addrs.collect(),
@@ -537,13 +538,24 @@ pub async fn probe(target: &str, timeout: std::time::Duration) -> Finding {
             );
         }
     };
+    // The kernel adds subflows once data has flowed (the connection is then fully
+    // established): a request line any HTTP server answers, harmless bytes to others.
+    let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
+    let request = format!("HEAD / HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    let mut stream = stream;
+    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await;
     tokio::time::sleep(PROBE_SETTLE).await;
+    let target = if target == addr.to_string() {
+        target.to_owned()
+    } else {
+        format!("{target} ({addr})")
+    };
     if mptcp_policy::transport(&stream, opened) != mptcp_policy::Transport::Mptcp {
         return Finding::new(
             "probe",
             Verdict::Note,
             format!(
-                "{target} ({addr}) does not speak MPTCP: connections to it use one uplink; \
+                "{target} does not speak MPTCP: connections to it use one uplink; \
                  a rule with via=NAME through an upstream of yours aggregates for it"
             ),
         );
@@ -566,7 +578,7 @@ pub async fn probe(target: &str, timeout: std::time::Duration) -> Finding {
         .collect();
     uplinks.dedup();
     let message = format!(
-        "{target} ({addr}) speaks MPTCP; {} subflow(s) came up, from {}",
+        "{target} speaks MPTCP; {} subflow(s) came up, from {}",
         subflows.len(),
         uplinks.join(", ")
     );

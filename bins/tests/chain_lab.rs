@@ -376,6 +376,35 @@ fn the_box_bonds_both_uplinks_through_the_vps_and_learns_where_not_to() -> anyho
         }
     }
 
+    // `mptcpctl doctor --probe` from the box: the MPTCP site gets a subflow per uplink,
+    // the TCP-only one is named as a case for an upstream.
+    for (port, needle) in [
+        (lab.mptcp_port, "speaks MPTCP; 2 subflow(s) came up"),
+        (lab.tcp_port, "does not speak MPTCP"),
+    ] {
+        let target = lab.site(AUTO_VPS, port).to_string();
+        let out = lab
+            .topo
+            .command(Ns::Proxy, env!("CARGO_BIN_EXE_mptcpctl"))
+            .args([
+                "--api",
+                "http://127.0.0.1:9",
+                "doctor",
+                "--json",
+                "--probe",
+                &target,
+            ])
+            .output()?;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let probe = report["findings"]
+            .as_array()
+            .and_then(|all| all.iter().find(|f| f["check"] == "probe"))
+            .context("a probe finding")?;
+        let message = probe["message"].as_str().unwrap_or_default();
+        eprintln!("doctor --probe {target}: {message}");
+        ensure!(message.contains(needle), "{probe}");
+    }
+
     // The VPS gone: connections still succeed, direct, and /health says why.
     lab.vps.take().context("vps")?.stop()?;
     let after = lab.fetch(lab.site(VIA_VPS, lab.tcp_port), SMALL_BYTES)?;

@@ -65,7 +65,8 @@ enum Command {
     /// the daemon if one answers; prints each finding and the command that fixes it.
     /// Exits 4 when a finding prevents or degrades aggregation. Run it as root.
     Doctor {
-        /// Also open an MPTCP connection to HOST:PORT and report its subflows per uplink.
+        /// Also open an MPTCP connection to HOST:PORT (it sends an HTTP HEAD request, so
+        /// that data flows) and report its subflows per uplink.
         #[arg(long, value_name = "HOST:PORT")]
         probe: Option<String>,
     },
