@@ -127,6 +127,10 @@ pub struct Args {
     /// MPTCP itself) holds before it is checked again.
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     auto_ttl: u64,
+    /// Do not answer `GET /proxy.pac` on the SOCKS port (the PAC file that points phones
+    /// and laptops at this proxy).
+    #[arg(long)]
+    no_pac: bool,
     /// Serve SOCKS5 inside TLS: for an aggregation server that boxes reach over the
     /// internet (they pin its certificate: socks5+tls://HOST:PORT#sha256=...). Without
     /// --tls-cert/--tls-key a self-signed certificate is made in the state directory on
@@ -298,6 +302,7 @@ impl Cli {
                 connect_timeout: Duration::from_secs(args.connect_timeout),
                 upstreams,
                 auto_ttl: Duration::from_secs(args.auto_ttl),
+                pac: !args.no_pac,
                 tls,
                 ..ServerConfig::default()
             },

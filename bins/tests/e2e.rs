@@ -315,3 +315,22 @@ fn name_rules_apply_to_requests_by_name_and_curl_fetches_intact() -> anyhow::Res
     );
     Ok(())
 }
+
+#[test]
+fn a_phone_on_the_lan_fetches_the_pac_file_from_the_socks_port() -> anyhow::Result<()> {
+    let Some(setup) = Setup::start(|_| ".\n".to_owned())? else {
+        return Ok(());
+    };
+    let lan = setup.topo.addrs().proxy_lan;
+    let mut cmd = setup.topo.command(Ns::Client, "curl");
+    cmd.arg(format!("http://{lan}:{SOCKS_PORT}/proxy.pac"));
+    let (status, body) = curl(cmd)?;
+    ensure!(status == 200, "{status} {body}");
+    ensure!(
+        body.contains(&format!(
+            "return \"SOCKS5 {lan}:{SOCKS_PORT}; SOCKS {lan}:{SOCKS_PORT}\";"
+        )),
+        "{body}"
+    );
+    Ok(())
+}

@@ -122,6 +122,10 @@ pub struct ServerConfig {
     pub upstreams: Vec<Upstream>,
     /// How long what `via=auto:NAME` learned about a destination holds.
     pub auto_ttl: Duration,
+    /// Answer `GET /proxy.pac` (and `/wpad.dat`) on the SOCKS port with a PAC file that
+    /// points clients at the address they reached, so a phone on the LAN can be set up
+    /// with one URL. Only for clients the server admits; never on a TLS listener.
+    pub pac: bool,
     /// Serve SOCKS5 inside TLS with this configuration ([`tls_server_config`]).
     ///
     /// [`tls_server_config`]: crate::tls_server_config
@@ -150,6 +154,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(5),
             upstreams: Vec::new(),
             auto_ttl: Duration::from_secs(3600),
+            pac: false,
             tls: None,
         }
     }

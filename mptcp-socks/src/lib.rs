@@ -78,6 +78,7 @@ mod error;
 mod guard;
 mod inventory;
 mod learned;
+mod pac;
 mod policy_handle;
 mod registry;
 mod relay;

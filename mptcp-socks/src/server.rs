@@ -199,7 +199,7 @@ impl Server {
     {
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
         if let Some(slot) = self.shared.admit(client) {
-            handle_client(&self.shared, stream, client, slot).await;
+            handle_client(&self.shared, stream, client, None, slot).await;
         }
     }
 }
@@ -272,14 +272,16 @@ impl Server {
                         if let Err(err) = stream.set_nodelay(true) {
                             tracing::debug!(%client, error = %err, "cannot set TCP_NODELAY on the client socket");
                         }
+                        // The PAC file points at the address this client reached.
+                        let pac = shared.config.pac.then(|| stream.local_addr().ok()).flatten();
                         let shared = Arc::clone(shared);
                         connections.spawn(async move {
                             match shared.config.tls.clone() {
-                                None => handle_client(&shared, stream, client, slot).await,
+                                None => handle_client(&shared, stream, client, pac, slot).await,
                                 Some(tls) => {
                                     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
                                     match tokio::time::timeout(shared.config.handshake_timeout, accept).await {
-                                        Ok(Ok(stream)) => handle_client(&shared, stream, client, slot).await,
+                                        Ok(Ok(stream)) => handle_client(&shared, stream, client, None, slot).await,
                                         Ok(Err(err)) => tracing::debug!(%client, error = %err, "TLS handshake failed"),
                                         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
                                     }
@@ -355,12 +357,18 @@ fn is_per_connection(err: &io::Error) -> bool {
 }
 
 /// One admitted client, until its connection ends; `_slot` counts it meanwhile.
-async fn handle_client<S>(shared: &Shared, stream: S, client: SocketAddr, _slot: Slot)
-where
+/// `pac`: the address to point a PAC file at, when one may be served.
+async fn handle_client<S>(
+    shared: &Shared,
+    stream: S,
+    client: SocketAddr,
+    pac: Option<SocketAddr>,
+    _slot: Slot,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let _active = shared.stats.accepted();
-    if let Err(err) = serve_client(shared, stream, client).await {
+    if let Err(err) = serve_client(shared, stream, client, pac).await {
         shared.stats.failed_with(err.reply());
         if err.is_routine() {
             tracing::debug!(%client, error = %err, "client connection ended");
@@ -370,15 +378,23 @@ where
     }
 }
 
-async fn serve_client<S>(shared: &Shared, mut stream: S, client: SocketAddr) -> Result<(), Error>
+async fn serve_client<S>(
+    shared: &Shared,
+    mut stream: S,
+    client: SocketAddr,
+    pac: Option<SocketAddr>,
+) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let timeout = shared.config.handshake_timeout;
-    let (command, target_addr) =
-        tokio::time::timeout(timeout, handshake(shared, &mut stream, client.ip()))
-            .await
-            .map_err(|_| Error::HandshakeTimeout(timeout))??;
+    let request = tokio::time::timeout(timeout, handshake(shared, &mut stream, client.ip(), pac))
+        .await
+        .map_err(|_| Error::HandshakeTimeout(timeout))??;
+    let Some((command, target_addr)) = request else {
+        tracing::debug!(%client, "served the PAC file");
+        return Ok(());
+    };
 
     if let Command::Unsupported(code) = command {
         let err = Error::UnsupportedCommand(code);
@@ -527,15 +543,23 @@ where
 
 /// Greeting, authentication and request, up to the point where the connect step begins.
 /// Failures that the protocol can answer are answered here before the error returns.
+/// `Ok(None)`: it was an HTTP request for the PAC file (with `pac`), answered.
 async fn handshake<S>(
     shared: &Shared,
     stream: &mut S,
     client: IpAddr,
-) -> Result<(Command, TargetAddr), Error>
+    pac: Option<SocketAddr>,
+) -> Result<Option<(Command, TargetAddr)>, Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let methods = socks5::read_greeting(stream).await?;
+    let mut version = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(stream, &mut version).await?;
+    if let (b'G', Some(proxy)) = (version[0], pac) {
+        crate::pac::answer(stream, proxy).await?;
+        return Ok(None);
+    }
+    let methods = socks5::read_greeting(stream, version[0]).await?;
     let offers = |method| methods.contains(&method);
     let method = match &shared.config.auth {
         None => offers(socks5::NO_AUTH).then_some(socks5::NO_AUTH),
@@ -553,7 +577,7 @@ where
         password_auth(shared, auth, stream, client).await?;
     }
     match socks5::read_request(stream).await {
-        Ok(request) => Ok(request),
+        Ok(request) => Ok(Some(request)),
         Err(Error::Io(err)) => Err(Error::Io(err)),
         Err(err) => {
             socks5::write_reply(stream, err.reply(), socks5::UNBOUND).await?;

@@ -120,15 +120,19 @@ pub(crate) enum Command {
     Unsupported(u8),
 }
 
-/// Reads the greeting (`VER NMETHODS METHODS...`) and returns the offered methods.
+/// Reads the rest of the greeting (`NMETHODS METHODS...`) after its version byte, which
+/// the caller read, and returns the offered methods.
 ///
 /// # Errors
 /// [`Error::Version`] for anything but SOCKS5 (nothing can be answered then), or I/O.
-pub(crate) async fn read_greeting<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Error> {
-    let [version, count] = read_array(stream).await?;
+pub(crate) async fn read_greeting<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    version: u8,
+) -> Result<Vec<u8>, Error> {
     if version != VERSION {
         return Err(Error::Version(version));
     }
+    let [count] = read_array(stream).await?;
     let mut methods = vec![0; usize::from(count)];
     stream.read_exact(&mut methods).await?;
     Ok(methods)

@@ -836,3 +836,46 @@ async fn failed_passwords_slow_the_client_down() -> Result<()> {
     })
     .await
 }
+
+// ---- PAC file ----
+
+async fn http_get(proxy: &Proxy, path: &str) -> Result<String> {
+    let mut stream = proxy.client().await?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: proxy\r\n\r\n").as_bytes())
+        .await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await??;
+    Ok(answer)
+}
+
+#[tokio::test]
+async fn the_socks_port_serves_a_pac_file_pointing_at_itself_when_asked_to() -> Result<()> {
+    bounded(async {
+        let proxy = Proxy::open(ServerConfig {
+            pac: true,
+            ..config()
+        })
+        .await?;
+        let answer = http_get(&proxy, "/proxy.pac").await?;
+        ensure!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+        let socks = format!("SOCKS5 {}", proxy.addr);
+        ensure!(answer.contains(&socks), "{answer}");
+        ensure!(http_get(&proxy, "/x").await?.starts_with("HTTP/1.0 404"));
+        // SOCKS clients are served as before.
+        let echo = echo_server("127.0.0.1:0").await?;
+        let (mut stream, code) = connect_via(&proxy, &addr_bytes(echo)).await?;
+        ensure!(code == 0, "reply {code}");
+        assert_echo(&mut stream, 1000).await?;
+
+        let without = Proxy::open(config()).await?;
+        // Closed unanswered (a reset, since the request was left unread).
+        let answer = http_get(&without, "/proxy.pac").await;
+        ensure!(
+            answer.as_ref().map_or(true, String::is_empty),
+            "no PAC unless asked: {answer:?}"
+        );
+        Ok(())
+    })
+    .await
+}
