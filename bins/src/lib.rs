@@ -37,6 +37,7 @@ mod diagnosis;
 pub mod doctor;
 mod host;
 pub mod pm_sysctl;
+pub mod setup;
 mod store;
 pub mod tls_identity;
 mod watch;

@@ -275,6 +275,55 @@ impl PmClient {
         Ok(out)
     }
 
+    /// Adds an endpoint (`ip mptcp endpoint add ADDR [dev IF] FLAGS`); the kernel picks
+    /// its id.
+    ///
+    /// # Errors
+    /// [`Error::Kernel`]: EEXIST when the address is an endpoint already, EPERM without
+    /// CAP_NET_ADMIN.
+    pub async fn endpoint_add(
+        &self,
+        addr: IpAddr,
+        ifindex: Option<i32>,
+        flags: EndpointFlags,
+    ) -> Result<()> {
+        let attrs = vec![nested(
+            MPTCP_PM_ATTR_ADDR,
+            &addr_children(addr, 0, None, ifindex, Some(flags.0))?,
+        )?];
+        self.request("ADD_ADDR", MPTCP_PM_CMD_ADD_ADDR, NlmF::ACK, attrs)
+            .await
+            .map(drop)
+    }
+
+    /// Removes endpoint `id` (`ip mptcp endpoint delete id ID`).
+    ///
+    /// # Errors
+    /// [`Error::Kernel`]: EINVAL for an unknown id.
+    pub async fn endpoint_delete(&self, id: u8, addr: IpAddr) -> Result<()> {
+        let attrs = vec![nested(
+            MPTCP_PM_ATTR_ADDR,
+            &addr_children(addr, 0, Some(id), None, None)?,
+        )?];
+        self.request("DEL_ADDR", MPTCP_PM_CMD_DEL_ADDR, NlmF::ACK, attrs)
+            .await
+            .map(drop)
+    }
+
+    /// Sets the in-kernel path manager's limits (`ip mptcp limits set`).
+    ///
+    /// # Errors
+    /// [`Error::Kernel`]: EINVAL above the kernel's maximum (8).
+    pub async fn set_limits(&self, limits: Limits) -> Result<()> {
+        let attrs = vec![
+            attr(MPTCP_PM_ATTR_RCV_ADD_ADDRS, limits.add_addr_accepted)?,
+            attr(MPTCP_PM_ATTR_SUBFLOWS, limits.subflows)?,
+        ];
+        self.request("SET_LIMITS", MPTCP_PM_CMD_SET_LIMITS, NlmF::ACK, attrs)
+            .await
+            .map(drop)
+    }
+
     /// The in-kernel path manager's limits (`ip mptcp limits show`).
     ///
     /// # Errors

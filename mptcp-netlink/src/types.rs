@@ -141,6 +141,16 @@ pub struct Limits {
     pub add_addr_accepted: u32,
 }
 
+impl Limits {
+    /// Limits to set with [`PmClient::set_limits`](crate::PmClient::set_limits).
+    pub fn new(subflows: u32, add_addr_accepted: u32) -> Self {
+        Limits {
+            subflows,
+            add_addr_accepted,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

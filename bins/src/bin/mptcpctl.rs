@@ -70,6 +70,21 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT")]
         probe: Option<String>,
     },
+    /// Makes this host pass the doctor for these uplinks (IFACE or IFACE=GATEWAY): a
+    /// routing table and source rule per uplink with its default route, a subflow
+    /// endpoint each, and limits. Idempotent; run it as root.
+    Setup {
+        /// The uplinks, e.g. `eth0 wwan0=10.64.0.1` (gateway: from the interface's
+        /// default route unless given).
+        #[arg(value_name = "IFACE[=GATEWAY]", required_unless_present = "remove")]
+        uplinks: Vec<String>,
+        /// Print the equivalent `ip` commands and change nothing.
+        #[arg(long, conflicts_with = "remove")]
+        dry_run: bool,
+        /// Undo exactly what earlier setup runs made.
+        #[arg(long)]
+        remove: bool,
+    },
     /// What via=auto:NAME rules learned: which destinations speak MPTCP (they go direct).
     Learned {
         /// Forget it all, so the next connections check again.
@@ -325,16 +340,58 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::TlsFingerprint { path } => tls_fingerprint(path)?,
         Command::Doctor { probe } => return doctor(&client, probe.as_deref(), cli.json),
+        Command::Setup {
+            uplinks,
+            dry_run,
+            remove,
+        } => return setup(uplinks, *dry_run, *remove),
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Api(format!("cannot start a runtime: {e}")))
+}
+
+fn setup(uplinks: &[String], dry_run: bool, remove: bool) -> Result<(), Failure> {
+    use mptcp_socksd::setup::{self, Uplink};
+    let runtime = runtime()?;
+    let failed = |e: setup::SetupError| Failure::Api(e.to_string());
+    if remove {
+        let undone = runtime.block_on(setup::remove()).map_err(failed)?;
+        if undone.is_empty() {
+            println!("nothing to undo: setup made no changes here");
+        }
+        for step in undone.iter().rev() {
+            println!("undone: {step}");
+        }
+        return Ok(());
+    }
+    let uplinks = uplinks
+        .iter()
+        .map(|u| u.parse::<Uplink>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::Usage)?;
+    let steps = runtime.block_on(setup::plan(&uplinks)).map_err(failed)?;
+    if steps.is_empty() {
+        println!("nothing to do: these uplinks are set up");
+        return Ok(());
+    }
+    if !dry_run {
+        runtime.block_on(setup::apply(&steps)).map_err(failed)?;
+    }
+    for step in &steps {
+        println!("{}{step}", if dry_run { "" } else { "done: " });
     }
     Ok(())
 }
 
 fn doctor(client: &ApiClient, probe: Option<&str>, json: bool) -> Result<(), Failure> {
     use mptcp_socksd::doctor;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Api(format!("cannot start a runtime: {e}")))?;
+    let runtime = runtime()?;
     let owned = mptcp_socksd::pm_sysctl::owned_by_live_daemon();
     let mut report = runtime.block_on(doctor::examine(owned));
     if let Some(target) = probe {
