@@ -576,7 +576,13 @@ async fn wrong_methods_and_routes() {
         assert_eq!(answer.headers["allow"], allow);
         assert!(error_of(&answer).contains(method));
     }
-    for path in ["/", "/nope", "/rulesx", "/health/x", "/connections/1"] {
+    for path in [
+        "/nope",
+        "/rulesx",
+        "/health/x",
+        "/connections/1",
+        "/app.js/x",
+    ] {
         let answer = call(&f.store, "GET", path, None).await;
         assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
         assert!(error_of(&answer).contains("no such route"));
@@ -1780,4 +1786,34 @@ async fn via_must_name_a_configured_upstream_and_is_written_to_the_file() {
         ),
         "{rule}"
     );
+}
+
+#[tokio::test]
+async fn the_page_is_served_without_a_token_with_a_strict_content_policy() {
+    let f = fixture(None);
+    let api = Api::new(f.store.clone()).token(Some("tok".into()));
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/app.js", "text/javascript"),
+        ("/app.css", "text/css"),
+    ] {
+        let answer = warp::test::request()
+            .method("GET")
+            .path(path)
+            .reply(&api.routes())
+            .await;
+        assert_eq!(answer.status(), StatusCode::OK, "{path}");
+        let header = |name: &str| answer.headers()[name].to_str().unwrap().to_owned();
+        assert!(header("content-type").starts_with(kind), "{path}");
+        let csp = header("content-security-policy");
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+    }
+    // What the page shows still needs the token.
+    for path in ["/rules", "/connections", "/metrics", "/doctor"] {
+        let answer = send(&api, "GET", path, None, &[]).await;
+        assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
 }

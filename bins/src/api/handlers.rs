@@ -171,6 +171,14 @@ pub(super) fn metrics_handler(method: Method, _body: Vec<u8>, api: Api) -> Respo
     }
 }
 
+pub(super) async fn doctor_handler(method: Method, _body: Vec<u8>, api: Api) -> Response {
+    if method != Method::GET {
+        return ApiError::method_not_allowed(&method, "GET").into_response();
+    }
+    let owned = api.host.mode() == mptcp_policy::PmMode::Userspace;
+    json_response(StatusCode::OK, &crate::doctor::examine(owned).await)
+}
+
 pub(super) fn learned_handler(method: Method, _body: Vec<u8>, api: Api) -> Response {
     let learned = api.server.as_ref().map(|server| server.learned());
     match method {

@@ -14,6 +14,8 @@
 //! | `GET /learned`              | what `via=auto:NAME` rules learned: per address, MPTCP or not |
 //! | `DELETE /learned`           | forget it (204), so the next connections check again       |
 //! | `GET /metrics`              | counters in the Prometheus (OpenMetrics) text format       |
+//! | `GET /doctor`               | the doctor's findings on this host (as `mptcpctl doctor --json`) |
+//! | `GET /`                     | the web page (and its `/app.js`, `/app.css`; no token)     |
 //!
 //! `{destination}` is the rule's first field: an address, a CIDR prefix, a name, a wildcard
 //! (`*.example.com`) or `*`. It is percent-decoded, and a `/` may be sent as is or as
@@ -72,15 +74,17 @@ mod body;
 mod error;
 mod handlers;
 mod metrics;
+mod page;
 mod server;
 mod wire;
 
 use auth::{AcceptedHosts, access, check_host, require_token};
 use body::limited_body;
 use handlers::{
-    capabilities_handler, connections_handler, health_handler, learned_handler, metrics_handler,
-    rules_handler,
+    capabilities_handler, connections_handler, doctor_handler, health_handler, learned_handler,
+    metrics_handler, rules_handler,
 };
+use page::page_handler;
 
 pub use body::BODY_LIMIT;
 pub use server::{ApiLimits, UnixApiSocket};
@@ -264,6 +268,28 @@ impl Api {
             .and(with_api.clone())
             .map(metrics_handler);
 
+        let doctor = warp::path("doctor")
+            .and(warp::path::end())
+            .and(warp::method())
+            .and(require_token(token.clone()))
+            .and(body.clone())
+            .and(with_api.clone())
+            .then(doctor_handler);
+
+        // The page's own files: no token (they hold nothing secret), no body.
+        let page_file =
+            |file: &'static str| warp::method().map(move |method| page_handler(file, method));
+        let page = warp::path::end()
+            .and(page_file("index.html"))
+            .or(warp::path("app.js")
+                .and(warp::path::end())
+                .and(page_file("app.js")))
+            .unify()
+            .or(warp::path("app.css")
+                .and(warp::path::end())
+                .and(page_file("app.css")))
+            .unify();
+
         let health = warp::path("health")
             .and(warp::path::end())
             .and(warp::method())
@@ -284,6 +310,10 @@ impl Api {
                     .or(learned)
                     .unify()
                     .or(metrics)
+                    .unify()
+                    .or(doctor)
+                    .unify()
+                    .or(page)
                     .unify()
                     .or(health)
                     .unify(),

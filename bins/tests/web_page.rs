@@ -1,0 +1,178 @@
+//! The web page in a real browser (Debian's headless Chromium, driven over the DevTools
+//! protocol by `web_page/drive.py` with python3-websocket): it asks for the API token,
+//! shows a live connection with its subflow per uplink, and a rule added through its
+//! form lands in the rule file.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::daemon::Daemon;
+use mptcp_test_support::socks::blocking::{self as socks, Target};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const PYTHON: &str = "/usr/bin/python3";
+const TOKEN: &str = "page-test-token";
+
+fn tools_available() -> bool {
+    std::path::Path::new(CHROMIUM).exists()
+        && Command::new(PYTHON)
+            .args(["-c", "import websocket"])
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// An echo server listening with IPPROTO_MPTCP on loopback, for one connection.
+fn mptcp_echo() -> SocketAddr {
+    let socket =
+        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::MPTCP)).expect("MPTCP socket");
+    socket
+        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+        .expect("bind");
+    socket.listen(4).expect("listen");
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        if let Ok((mut conn, _)) = listener.accept() {
+            let mut buf = [0u8; 16 * 1024];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// Chromium, killed on drop.
+struct Browser(std::process::Child);
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_page_shows_a_live_connections_uplinks_and_adds_a_rule_to_the_file() {
+    let mptcp_here =
+        std::fs::read_to_string("/proc/sys/net/mptcp/enabled").is_ok_and(|s| s.trim() == "1");
+    if !mptcp_here && !mptcp_test_support::skip("no upstream MPTCP enabled here") {
+        return;
+    }
+    if !tools_available()
+        && !mptcp_test_support::skip(
+            "no headless browser: apt-get install chromium python3-websocket",
+        )
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rules = dir.path().join("rules");
+    std::fs::write(&rules, "127.0.0.1,1,default,default,access=allow,\n.\n").expect("rules");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
+    let daemon = Daemon::in_process(
+        [
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--api",
+            "127.0.0.1:0",
+            "--api-token-file",
+        ]
+        .map(std::ffi::OsString::from)
+        .into_iter()
+        .chain([
+            token_file.into_os_string(),
+            "--policy".into(),
+            rules.clone().into_os_string(),
+        ]),
+    )
+    .expect("daemon");
+    let api = daemon.api.expect("api");
+
+    // A live relayed MPTCP connection that has moved data.
+    let echo = mptcp_echo();
+    let mut stream = socks::connect(daemon.socks, Target::Addr(echo), None).expect("through");
+    let data = vec![7u8; 256 * 1024];
+    let mut writer = stream.try_clone().expect("clone");
+    let sender = std::thread::spawn(move || writer.write_all(&data));
+    let mut back = vec![0u8; 256 * 1024];
+    stream.read_exact(&mut back).expect("echoed");
+    sender.join().expect("sender").expect("sent");
+
+    let profile = tempfile::tempdir().expect("profile");
+    let browser = Browser(
+        Command::new(CHROMIUM)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(format!("http://{api}/"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromium starts"),
+    );
+    let port_file = profile.path().join("DevToolsActivePort");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        if let Some(port) = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|text| text.lines().next().map(str::to_owned))
+            .filter(|line| !line.is_empty())
+        {
+            break port;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chromium did not open its DevTools port"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let driver = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/web_page/drive.py");
+    let out = Command::new(PYTHON)
+        .args([driver, &port, TOKEN, "web.example"])
+        .output()
+        .expect("the driver runs");
+    drop(browser);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "driver: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("driver JSON");
+    eprintln!("the page showed: {shown:#}");
+    let connections = shown["connections"].as_str().unwrap_or_default();
+    assert!(
+        connections.contains(&echo.to_string()) && connections.contains("127.0.0.1:"),
+        "the page shows the connection and its subflow: {shown}"
+    );
+    assert_eq!(shown["rule_message"], "saved", "{shown}");
+    let file = std::fs::read_to_string(&rules).expect("rule file");
+    assert!(file.contains("web.example,0,default,default,"), "{file}");
+    assert!(
+        shown["legend"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("127.0.0.1 (lo)"),
+        "the chart's legend names the uplink: {shown}"
+    );
+    drop(stream);
+}
