@@ -364,6 +364,28 @@ impl Daemon {
                 (None, None)
             }
         };
+        // The doctor's problems, refreshed in the background, degrade /health too.
+        // The first run is awaited, so /health has its verdict from the start.
+        let userspace = config.path_manager == PmMode::Userspace;
+        let doctor_problems: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        doctor_round(userspace, &doctor_problems, true).await;
+        tokio::spawn(keep_doctor_findings(
+            userspace,
+            Arc::clone(&doctor_problems),
+            stopped(),
+        ));
+        let rest = rest.check(Arc::new(move || {
+            let problems = doctor_problems
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            (!problems.is_empty()).then(|| {
+                format!(
+                    "the doctor finds that this host cannot spread connections over its \
+                     uplinks: {} (mptcpctl doctor shows the fixes)",
+                    problems.join("; ")
+                )
+            })
+        }));
         let rest = match &userspace_pm {
             Some(pm) => {
                 let pm = pm.monitor();
@@ -392,17 +414,6 @@ impl Daemon {
         };
 
         log_kernel_notes(config.path_manager);
-        let report = crate::doctor::examine(config.path_manager == PmMode::Userspace).await;
-        for finding in report.findings {
-            if finding.verdict == crate::doctor::Verdict::Problem {
-                tracing::warn!(
-                    check = finding.check,
-                    fix = finding.fix.as_deref(),
-                    "{} (mptcpctl doctor checks again)",
-                    finding.message
-                );
-            }
-        }
         Ok(Daemon {
             socks,
             server,
@@ -457,6 +468,51 @@ impl Daemon {
             tracing::error!("{e}");
         }
     }
+}
+
+/// How often the doctor's checks are run again for `/health`.
+const DOCTOR_REFRESH: Duration = Duration::from_secs(30);
+
+/// Runs the doctor every [`DOCTOR_REFRESH`], keeping its problems in `problems` for
+/// `/health`, until `stopped`.
+async fn keep_doctor_findings(
+    userspace: bool,
+    problems: Arc<std::sync::Mutex<Vec<String>>>,
+    stopped: impl Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(DOCTOR_REFRESH) => {}
+        }
+        doctor_round(userspace, &problems, false).await;
+    }
+}
+
+/// One run of the doctor: its problems into `problems`, and (`log`) into the log as
+/// warnings.
+async fn doctor_round(userspace: bool, problems: &std::sync::Mutex<Vec<String>>, log: bool) {
+    let found: Vec<_> = crate::doctor::examine(userspace)
+        .await
+        .findings
+        .into_iter()
+        .filter(|f| f.verdict == crate::doctor::Verdict::Problem)
+        .collect();
+    if log {
+        for finding in &found {
+            tracing::warn!(
+                check = finding.check,
+                fix = finding.fix.as_deref(),
+                "{} (mptcpctl doctor checks again)",
+                finding.message
+            );
+        }
+    }
+    *problems
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) =
+        found.into_iter().map(|f| f.message).collect();
 }
 
 /// Says at start who may use the proxy.

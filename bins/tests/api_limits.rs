@@ -269,8 +269,10 @@ fn the_daemon_on_a_unix_socket() -> anyhow::Result<()> {
     ensure!(code == Some(0), "{err}");
     let shown: Value = serde_json::from_str(&out)?;
     ensure!(shown["path_manager"] == "ndiffports:3", "{shown}");
+    // Answered without the token: 0, or 4 where the host itself cannot aggregate (the
+    // doctor's verdict, which /health carries: a test host often has one uplink).
     let (code, _, err) = ctl(&["--api", &api, "health"], None);
-    ensure!(code == Some(0), "{err}");
+    ensure!(matches!(code, Some(0 | 4)), "{err}");
     let (code, _, err) = ctl(&["--api", &api, "rules", "list"], None);
     ensure!(code == Some(1) && err.contains("401"), "{err}");
 
@@ -278,7 +280,7 @@ fn the_daemon_on_a_unix_socket() -> anyhow::Result<()> {
     ensure!(socket.exists());
     let mut daemon = UnixDaemon::start(&socket, &rules)?;
     let (code, _, err) = ctl(&["--api", &api, "health"], Some("tok"));
-    ensure!(code == Some(0), "{err}");
+    ensure!(matches!(code, Some(0 | 4)), "{err}");
     // A second daemon on the same path is refused while the first listens.
     let out = daemon_command(&socket, &rules).output()?;
     ensure!(!out.status.success());

@@ -5,6 +5,8 @@
 //! Needs root and network namespaces: skipped with a message on a laptop, a failure when
 //! `CI` is set.
 
+mod common;
+
 use mptcp_test_support::netns::Namespace;
 use mptcp_test_support::require_netns;
 use serde_json::Value;
@@ -147,5 +149,48 @@ fn the_doctor_passes_a_healthy_box_and_names_each_breakage_and_its_fix() -> anyh
             "{breakage}: expected a {check} problem saying {message:?} fixed by {fix:?}; got {found:#?}"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn a_daemon_on_a_box_that_cannot_aggregate_says_so_in_its_health() -> anyhow::Result<()> {
+    if !require_netns() {
+        return Ok(());
+    }
+    let lab = Lab::healthy()?;
+    lab.boxed.ip("mptcp endpoint flush")?;
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules");
+    let daemon = common::daemon::Daemon::in_process_in(
+        Some(lab.boxed.name()),
+        [
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "--api",
+            "127.0.0.1:0",
+            "--policy",
+        ]
+        .map(std::ffi::OsString::from)
+        .into_iter()
+        .chain([rules.into_os_string()]),
+    )?;
+    let url = daemon.api_url("");
+    let health = lab
+        .boxed
+        .in_netns(|| mptcp_socksd::ApiClient::new(url.trim_end_matches('/'), None).health())?;
+    assert_eq!(health.status, "degraded", "{health:?}");
+    assert!(
+        health
+            .problems
+            .iter()
+            .any(|p| p.contains("the doctor finds") && p.contains("no MPTCP endpoints")),
+        "{health:?}"
+    );
+    assert!(
+        daemon.log().contains("no MPTCP endpoints"),
+        "the daemon warns at start"
+    );
     Ok(())
 }
