@@ -12,7 +12,7 @@ use futures_util::TryStreamExt;
 use mptcp_netlink::{EndpointFlags, EndpointInfo, PmClient};
 use mptcp_policy::{Flavour, KernelSupport};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use rtnetlink::packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
 use serde::{Deserialize, Serialize};
 
 /// How a check came out.
@@ -149,37 +149,12 @@ async fn read_state() -> HostState {
     if let Ok((connection, handle, _)) = rtnetlink::new_connection() {
         let task = tokio::spawn(connection);
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut dump = RouteMessage::default();
-            dump.header.address_family = family;
-            let routes: Vec<RouteMessage> = handle
-                .route()
-                .get(dump)
-                .execute()
-                .try_collect()
+            for route in crate::routes::default_routes(&handle, family)
                 .await
-                .unwrap_or_default();
-            for route in routes {
-                if route.header.destination_prefix_length != 0 {
-                    continue;
-                }
-                let table = route
-                    .attributes
-                    .iter()
-                    .find_map(|a| match a {
-                        RouteAttribute::Table(t) => Some(*t),
-                        _ => None,
-                    })
-                    .unwrap_or(u32::from(route.header.table));
-                let oif = route.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(i) => Some(*i),
-                    _ => None,
-                });
-                let gateway = route.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Gateway(address) => ip_of(address),
-                    _ => None,
-                });
-                if let Some(name) = oif.and_then(mptcp_policy::interface_name) {
-                    state.defaults.push((table, name, gateway));
+                .unwrap_or_default()
+            {
+                if let Some(name) = mptcp_policy::interface_name(route.oif) {
+                    state.defaults.push((route.table, name, route.gateway));
                 }
             }
         }
@@ -192,14 +167,6 @@ async fn read_state() -> HostState {
         task.abort();
     }
     state
-}
-
-fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
-    match address {
-        RouteAddress::Inet(ip) => Some((*ip).into()),
-        RouteAddress::Inet6(ip) => Some((*ip).into()),
-        _ => None,
-    }
 }
 
 /// The interface a connection from `source` to the internet would leave through, as

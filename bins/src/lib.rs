@@ -37,6 +37,7 @@ mod diagnosis;
 pub mod doctor;
 mod host;
 pub mod pm_sysctl;
+mod routes;
 pub mod setup;
 mod store;
 pub mod tls_identity;

@@ -12,7 +12,6 @@ use std::str::FromStr;
 use futures_util::TryStreamExt;
 use mptcp_netlink::{EndpointFlags, Limits, PmClient};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::{Handle, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
@@ -306,38 +305,17 @@ async fn interface_index(handle: &Handle, name: &str) -> Result<u32, SetupError>
 
 /// IPv4 default routes of every table: (table, interface index, gateway).
 async fn default_routes(handle: &Handle) -> Result<Vec<(u32, u32, Option<Ipv4Addr>)>, SetupError> {
-    let mut dump = RouteMessage::default();
-    dump.header.address_family = AddressFamily::Inet;
-    let routes: Vec<RouteMessage> = handle
-        .route()
-        .get(dump)
-        .execute()
-        .try_collect()
+    let routes = crate::routes::default_routes(handle, AddressFamily::Inet)
         .await
         .map_err(|e| err(format!("reading routes: {e}")))?;
     Ok(routes
-        .iter()
-        .filter(|r| r.header.destination_prefix_length == 0)
-        .filter_map(|r| {
-            let table = r
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(r.header.table));
-            let oif = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
+        .into_iter()
+        .map(|r| {
+            let gateway = match r.gateway {
+                Some(IpAddr::V4(v4)) => Some(v4),
                 _ => None,
-            })?;
-            let gateway = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(rtnetlink::packet_route::route::RouteAddress::Inet(g)) => {
-                    Some(*g)
-                }
-                _ => None,
-            });
-            Some((table, oif, gateway))
+            };
+            (r.table, r.oif, gateway)
         })
         .collect())
 }

@@ -5,14 +5,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::{Daemon, curl};
 use mptcp_test_support::socks::blocking::{self as socks, Target};
-use socket2::{Domain, Protocol, Socket, Type};
 
 /// Loopback opened on purpose (the echo server listens there), MPTCP on.
 const RULES: &str = "127.0.0.1,1,default,default,access=allow,\n.\n";
@@ -81,32 +79,6 @@ fn value(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name}{labels:?} in {samples:?}"))
 }
 
-/// An echo server listening with IPPROTO_MPTCP on loopback.
-fn mptcp_echo() -> SocketAddr {
-    let socket =
-        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::MPTCP)).expect("MPTCP socket");
-    socket
-        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
-        .expect("bind");
-    socket.listen(8).expect("listen");
-    let listener: std::net::TcpListener = socket.into();
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for conn in listener.incoming().take(8) {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 16 * 1024];
-                while let Ok(n) = conn.read(&mut buf) {
-                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 fn metrics(daemon: &Daemon) -> Samples {
     let mut cmd = Command::new("curl");
     cmd.arg(daemon.api_url("/metrics"));
@@ -152,7 +124,7 @@ fn metrics_parse_and_count_what_happened_bytes_per_uplink_as_connections_showed(
     let rules = dir.path().join("rules");
     std::fs::write(&rules, RULES).expect("rules");
     let daemon = Daemon::with_api(&rules).expect("daemon");
-    let echo = mptcp_echo();
+    let echo = mptcp_test_support::mptcp_echo_server();
 
     // One refused connect and one API write, to be counted.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -172,12 +144,7 @@ fn metrics_parse_and_count_what_happened_bytes_per_uplink_as_connections_showed(
     assert_eq!(curl(post).expect("curl").0, 201);
 
     let mut stream = socks::connect(daemon.socks, Target::Addr(echo), None).expect("through");
-    let data: Vec<u8> = (0..BYTES).map(|i| (i % 251) as u8).collect();
-    let mut writer = stream.try_clone().expect("clone");
-    let sender = std::thread::spawn(move || writer.write_all(&data));
-    let mut back = vec![0u8; BYTES];
-    stream.read_exact(&mut back).expect("echoed");
-    sender.join().expect("sender").expect("sent");
+    common::echo_bytes(&mut stream, BYTES);
 
     // Settled: the subflow's counters no longer move.
     std::thread::sleep(Duration::from_millis(300));

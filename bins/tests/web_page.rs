@@ -5,14 +5,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::Daemon;
 use mptcp_test_support::socks::blocking::{self as socks, Target};
-use socket2::{Domain, Protocol, Socket, Type};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const PYTHON: &str = "/usr/bin/python3";
@@ -24,29 +21,6 @@ fn tools_available() -> bool {
             .args(["-c", "import websocket"])
             .status()
             .is_ok_and(|s| s.success())
-}
-
-/// An echo server listening with IPPROTO_MPTCP on loopback, for one connection.
-fn mptcp_echo() -> SocketAddr {
-    let socket =
-        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::MPTCP)).expect("MPTCP socket");
-    socket
-        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
-        .expect("bind");
-    socket.listen(4).expect("listen");
-    let listener: std::net::TcpListener = socket.into();
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        if let Ok((mut conn, _)) = listener.accept() {
-            let mut buf = [0u8; 16 * 1024];
-            while let Ok(n) = conn.read(&mut buf) {
-                if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    addr
 }
 
 /// Chromium, killed on drop.
@@ -100,14 +74,9 @@ fn the_page_shows_a_live_connections_uplinks_and_adds_a_rule_to_the_file() {
     let api = daemon.api.expect("api");
 
     // A live relayed MPTCP connection that has moved data.
-    let echo = mptcp_echo();
+    let echo = mptcp_test_support::mptcp_echo_server();
     let mut stream = socks::connect(daemon.socks, Target::Addr(echo), None).expect("through");
-    let data = vec![7u8; 256 * 1024];
-    let mut writer = stream.try_clone().expect("clone");
-    let sender = std::thread::spawn(move || writer.write_all(&data));
-    let mut back = vec![0u8; 256 * 1024];
-    stream.read_exact(&mut back).expect("echoed");
-    sender.join().expect("sender").expect("sent");
+    common::echo_bytes(&mut stream, 256 * 1024);
 
     let profile = tempfile::tempdir().expect("profile");
     let browser = Browser(
@@ -120,6 +89,11 @@ fn the_page_shows_a_live_connections_uplinks_and_adds_a_rule_to_the_file() {
                 "--no-default-browser-check",
                 "--remote-debugging-port=0",
                 "--remote-allow-origins=*",
+                // This machine's network is closed: no background lookups or updates.
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-quic",
             ])
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(format!("http://{api}/"))

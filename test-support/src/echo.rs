@@ -1,7 +1,9 @@
 //! A loopback echo server, the simplest target to relay to.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
 
 /// How many connections [`echo_server`] answers before it stops accepting: bounded, so a
 /// test that goes wrong cannot keep its thread busy forever.
@@ -13,7 +15,25 @@ const ECHO_CONNECTIONS: usize = 16;
 /// # Panics
 /// When no port of 127.0.0.1 can be bound.
 pub fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind echo");
+    serve_echo(TcpListener::bind("127.0.0.1:0").expect("bind echo"))
+}
+
+/// [`echo_server`] listening with `IPPROTO_MPTCP`: a relay opened as MPTCP to it stays
+/// MPTCP, with a subflow that `/connections` and `/metrics` report.
+///
+/// # Panics
+/// When the kernel has no MPTCP (or `net.mptcp.enabled=0`), or no port can be bound.
+pub fn mptcp_echo_server() -> SocketAddr {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::MPTCP))
+        .expect("MPTCP socket (net.mptcp.enabled=1 needed)");
+    socket
+        .bind(&SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+        .expect("bind echo");
+    socket.listen(16).expect("listen");
+    serve_echo(socket.into())
+}
+
+fn serve_echo(listener: TcpListener) -> SocketAddr {
     let addr = listener.local_addr().expect("echo addr");
     std::thread::spawn(move || {
         for conn in listener.incoming().take(ECHO_CONNECTIONS) {

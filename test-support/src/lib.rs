@@ -47,5 +47,5 @@ pub mod socks;
 #[allow(unsafe_code)] // the one module of this crate with system calls
 pub mod sys;
 
-pub use echo::echo_server;
+pub use echo::{echo_server, mptcp_echo_server};
 pub use skip::{require_netns, require_root, skip};

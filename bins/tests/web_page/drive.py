@@ -25,7 +25,7 @@ ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=10)
 sequence = 0
 
 
-def evaluate(expression):
+def evaluate(expression, tolerant=False):
     global sequence
     sequence += 1
     ws.send(json.dumps({"id": sequence, "method": "Runtime.evaluate",
@@ -35,6 +35,8 @@ def evaluate(expression):
         if answer.get("id") == sequence:
             result = answer["result"]
             if "exceptionDetails" in result:
+                if tolerant:
+                    return None
                 sys.exit(f"{expression}: {result['exceptionDetails']}")
             return result["result"].get("value")
 
@@ -42,7 +44,8 @@ def evaluate(expression):
 def wait_for(what, expression, limit=15):
     end = time.time() + limit
     while time.time() < end:
-        if evaluate(expression):
+        # Until the page has loaded, its elements are not there yet.
+        if evaluate(expression, tolerant=True):
             return
         time.sleep(0.2)
     sys.exit(f"timed out waiting for {what}; page: {evaluate('document.body.innerText')}")
