@@ -128,7 +128,7 @@ pub struct Args {
     #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
     auto_ttl: u64,
     /// Do not answer `GET /proxy.pac` on the SOCKS port (the PAC file that points phones
-    /// and laptops at this proxy).
+    /// and laptops at this proxy; never answered with -u, whose clients must log in).
     #[arg(long)]
     no_pac: bool,
     /// Serve SOCKS5 inside TLS: for an aggregation server that boxes reach over the
@@ -248,6 +248,9 @@ impl Cli {
             .zip(args.password)
             .map(|(user, password)| Auth::new(user, password));
         let upstreams = upstreams(&args.upstreams, &args.upstream_password_files)?;
+        // With a password everyone may connect; a PAC client could not send it anyway,
+        // and scanners need not learn that this is a proxy.
+        let pac = !args.no_pac && auth.is_none();
         let identity = if args.tls {
             let identity = match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => tls_identity::load(cert, key),
@@ -302,7 +305,7 @@ impl Cli {
                 connect_timeout: Duration::from_secs(args.connect_timeout),
                 upstreams,
                 auto_ttl: Duration::from_secs(args.auto_ttl),
-                pac: !args.no_pac,
+                pac,
                 tls,
                 ..ServerConfig::default()
             },

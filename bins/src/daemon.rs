@@ -322,6 +322,9 @@ impl Daemon {
             idle_timeout_seconds = settings.idle_timeout.map_or(0, |t| t.as_secs()),
             "connection limits"
         );
+        // A TLS server with no upstreams of its own is the far end of a chain (a VPS): the
+        // uplinks that need endpoints are the boxes', so the doctor only informs here.
+        let server_end = settings.tls.is_some() && settings.upstreams.is_empty();
         let server = Server::new(settings, policy).map_err(DaemonError::Server)?;
         let connections = server.connections().clone();
 
@@ -368,24 +371,28 @@ impl Daemon {
         // The first run is awaited, so /health has its verdict from the start.
         let userspace = config.path_manager == PmMode::Userspace;
         let doctor_problems: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-        doctor_round(userspace, &doctor_problems, true).await;
+        doctor_round(userspace, &doctor_problems, !server_end).await;
         tokio::spawn(keep_doctor_findings(
             userspace,
             Arc::clone(&doctor_problems),
             stopped(),
         ));
-        let rest = rest.check(Arc::new(move || {
-            let problems = doctor_problems
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            (!problems.is_empty()).then(|| {
-                format!(
-                    "the doctor finds that this host cannot spread connections over its \
+        let rest = if server_end {
+            rest
+        } else {
+            rest.check(Arc::new(move || {
+                let problems = doctor_problems
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (!problems.is_empty()).then(|| {
+                    format!(
+                        "the doctor finds that this host cannot spread connections over its \
                      uplinks: {} (mptcpctl doctor shows the fixes)",
-                    problems.join("; ")
-                )
-            })
-        }));
+                        problems.join("; ")
+                    )
+                })
+            }))
+        };
         let rest = match &userspace_pm {
             Some(pm) => {
                 let pm = pm.monitor();

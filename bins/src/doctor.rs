@@ -127,7 +127,11 @@ async fn read_state() -> HostState {
         defaults: Vec::new(),
         leaves_through: BTreeMap::new(),
     };
-    state.addresses = mptcp_policy::address_interfaces().unwrap_or_default();
+    state.addresses = mptcp_policy::address_interfaces()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(ip, name)| (ip, printable_name(&name)))
+        .collect();
     for (ip, name) in &state.addresses {
         if !state.links_up.contains_key(name) {
             let up = mptcp_policy::local_address_up(*ip)
@@ -154,7 +158,9 @@ async fn read_state() -> HostState {
                 .unwrap_or_default()
             {
                 if let Some(name) = mptcp_policy::interface_name(route.oif) {
-                    state.defaults.push((route.table, name, route.gateway));
+                    state
+                        .defaults
+                        .push((route.table, printable_name(&name), route.gateway));
                 }
             }
         }
@@ -167,6 +173,26 @@ async fn read_state() -> HostState {
         task.abort();
     }
     state
+}
+
+/// An interface name as findings may show it, in messages and in the commands users
+/// copy: Linux allows nearly any byte in a name (`;`, `$(`, escape sequences), so a name
+/// outside `[A-Za-z0-9_.@-]` is shown as `IFACE` with the name escaped beside it.
+pub(crate) fn printable_name(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b));
+    if plain {
+        name.to_owned()
+    } else {
+        let escaped: String = name
+            .chars()
+            .flat_map(char::escape_default)
+            .filter(|c| c.is_ascii_alphanumeric() || "\\{}".contains(*c))
+            .collect();
+        format!("IFACE(name:{escaped})")
+    }
 }
 
 /// The interface a connection from `source` to the internet would leave through, as
@@ -208,6 +234,7 @@ async fn route_from(handle: &rtnetlink::Handle, source: IpAddr) -> Result<String
             RouteAttribute::Oif(i) => mptcp_policy::interface_name(*i),
             _ => None,
         })
+        .map(|name| printable_name(&name))
         .ok_or_else(|| "no route".to_owned())
 }
 
@@ -388,7 +415,12 @@ fn judge(state: &HostState, userspace_owned: bool) -> Vec<Finding> {
                     .find(|(_, d, g)| *d == dev && g.is_some())
                     .and_then(|(_, _, g)| *g)
                     .map_or_else(|| "GATEWAY".to_owned(), |g| g.to_string());
-                let table = 100 + u32::from(id);
+                // The numbers `mptcpctl setup` uses, so that its run finds these.
+                let table = endpoint
+                    .ifindex
+                    .map_or(crate::setup::TABLE_BASE + u32::from(id), |index| {
+                        crate::setup::TABLE_BASE + index.unsigned_abs()
+                    });
                 let family = if addr.is_ipv6() { "-6 " } else { "" };
                 findings.push(
                     Finding::new(
@@ -539,7 +571,7 @@ pub async fn probe(target: &str, timeout: std::time::Duration) -> Finding {
             let dev = interfaces
                 .iter()
                 .find(|(a, _)| *a == ip)
-                .map_or("?", |(_, d)| d.as_str());
+                .map_or_else(|| "?".to_owned(), |(_, d)| printable_name(d));
             format!("{ip} ({dev})")
         })
         .collect();
@@ -613,5 +645,34 @@ impl Report {
     pub fn with(mut self, more: impl IntoIterator<Item = Finding>) -> Self {
         self.findings.extend(more);
         Report::new(self.findings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusual_interface_names_never_reach_a_printed_command_as_they_are() {
+        assert_eq!(printable_name("eth0"), "eth0");
+        assert_eq!(printable_name("wwan0.1@x"), "wwan0.1@x");
+        for hostile in [
+            "a;reboot",
+            "$(id)",
+            "`id`",
+            "x\u{1b}[2Jy",
+            "a b",
+            "x|y&z",
+            "",
+        ] {
+            let shown = printable_name(hostile);
+            assert!(shown.starts_with("IFACE("), "{hostile:?}: {shown}");
+            assert!(
+                shown
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "()\\{}:".contains(c)),
+                "{hostile:?}: {shown}"
+            );
+        }
     }
 }

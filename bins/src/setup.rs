@@ -131,8 +131,11 @@ fn err(message: impl Into<String>) -> SetupError {
 }
 
 /// Tables and rule priorities are numbered from here plus the interface index, so a run
-/// finds what an earlier one made.
-const TABLE_BASE: u32 = 1000;
+/// finds what an earlier one made (and the doctor suggests the same numbers).
+pub(crate) const TABLE_BASE: u32 = 1000;
+
+/// The kernel's most extra subflows and accepted addresses per connection.
+const LIMIT_MAX: u32 = 8;
 
 /// What `uplinks` still need, in order; empty when the host is set up.
 ///
@@ -219,7 +222,9 @@ pub async fn plan(uplinks: &[Uplink]) -> Result<Vec<Step>, SetupError> {
         }
     }
     let limits = pm.limits().await.map_err(|e| err(e.to_string()))?;
-    let need = u32::try_from(subflow_endpoints).unwrap_or(u32::MAX);
+    let need = u32::try_from(subflow_endpoints)
+        .unwrap_or(u32::MAX)
+        .min(LIMIT_MAX);
     let before = (limits.subflows, limits.add_addr_accepted);
     let after = (before.0.max(need), before.1.max(need));
     if after != before {
@@ -455,11 +460,35 @@ fn state_file() -> Result<PathBuf, SetupError> {
     Ok(PathBuf::from(crate::pm_sysctl::MARKER_DIR).join(format!("setup-{ino}.json")))
 }
 
+/// What earlier runs recorded. The record decides what `--remove` deletes, so it is
+/// trusted only when root or this user owns it and nobody else may write it, and only
+/// for tables and priorities setup itself uses.
 fn recorded() -> Result<Vec<Step>, SetupError> {
+    use std::os::unix::fs::MetadataExt as _;
     let path = state_file()?;
+    let untrusted = |why: &str| err(format!("{}: {why}; not trusted", path.display()));
     match std::fs::read(&path) {
         Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|e| err(format!("{}: {e}", path.display())))
+            let meta = std::fs::metadata(&path).map_err(|e| untrusted(&e.to_string()))?;
+            let owner_ok = meta.uid() == 0 || meta.uid() == mptcp_policy::effective_uid();
+            if !owner_ok || meta.mode() & 0o022 != 0 {
+                return Err(untrusted("owned by another user, or writable by others"));
+            }
+            let steps: Vec<Step> =
+                serde_json::from_slice(&bytes).map_err(|e| untrusted(&e.to_string()))?;
+            let ours = |number: &u32| *number >= TABLE_BASE;
+            let all_ours = steps.iter().all(|step| match step {
+                Step::Rule {
+                    table, priority, ..
+                } => ours(table) && ours(priority),
+                Step::Route { table, .. } => ours(table),
+                Step::Endpoint { .. } | Step::Limits { .. } => true,
+            });
+            if all_ours {
+                Ok(steps)
+            } else {
+                Err(untrusted("it names tables setup does not make"))
+            }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(err(format!("{}: {e}", path.display()))),

@@ -130,6 +130,17 @@ fn setup_makes_the_doctor_pass_aggregates_both_uplinks_and_is_undone_exactly() -
         "{both:.1} Mbit/s is not well above {single:.1}"
     );
 
+    // The record decides what --remove deletes: one others may write is not trusted.
+    let ino = lab
+        .boxed
+        .exec_ok("stat", ["-L", "-c", "%i", "/proc/self/ns/net"])?;
+    let record = format!("/run/mptcp-socks/setup-{}.json", ino.trim());
+    let mode =
+        |m: u32| std::fs::set_permissions(&record, std::os::unix::fs::PermissionsExt::from_mode(m));
+    mode(0o666)?;
+    let (code, out) = lab.ctl(&["setup", "--remove"])?;
+    ensure!(code == Some(1) && out.contains("not trusted"), "{out}");
+    mode(0o600)?;
     let (code, out) = lab.ctl(&["setup", "--remove"])?;
     ensure!(code == Some(0), "{out}");
     ensure!(

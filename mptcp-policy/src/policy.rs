@@ -284,6 +284,18 @@ impl Policy {
         self.matched(hit)
     }
 
+    /// Whether an address or prefix rule says `access=deny`: then a name must be resolved
+    /// before a connection to it goes anywhere, so that the block holds under every name.
+    pub fn denies_addresses(&self) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.access == Access::Deny
+                && matches!(
+                    rule.destination,
+                    Destination::Addr(_) | Destination::Prefix(_)
+                )
+        })
+    }
+
     /// The match for a request by `name` when no address can change it: a name rule
     /// matches, or the policy has no address or prefix rules (then `*` or the built-in
     /// default). `None` means the answer depends on the address: resolve the name and use

@@ -98,7 +98,8 @@ impl Connector<'_> {
     ///
     /// A name whose rule does not depend on the address (a name rule, or a policy with
     /// no address rules) and that goes through an upstream is handed to the upstream
-    /// unresolved: the upstream resolves it, near the site. Otherwise the name is
+    /// unresolved, so the upstream resolves it near the site; not while an address or
+    /// prefix rule says `access=deny`, which must see the address. Otherwise the name is
     /// resolved and its addresses tried in turn, each checked first as the socket would
     /// connect to it: the proxy's own listeners are never reached, and the policy's
     /// access rules decide the rest ([`Policy::check_access`], with the host's own and
@@ -117,7 +118,9 @@ impl Connector<'_> {
         request: &TargetAddr,
     ) -> Result<Outbound, Error> {
         let mut why_direct = None;
+        // Not while an address rule blocks something: that block must see the address.
         if let (None, Some(name)) = (target.ip, &target.name)
+            && !self.policy.denies_addresses()
             && let Some(matched) = self.policy.lookup_name(name)
             && let Some(Via::Upstream(upstream)) = matched.rule.map(|rule| &rule.via)
         {

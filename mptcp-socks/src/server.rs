@@ -273,7 +273,12 @@ impl Server {
                             tracing::debug!(%client, error = %err, "cannot set TCP_NODELAY on the client socket");
                         }
                         // The PAC file points at the address this client reached.
-                        let pac = shared.config.pac.then(|| stream.local_addr().ok()).flatten();
+                        let pac = shared
+                            .config
+                            .pac
+                            .then(|| stream.local_addr().ok())
+                            .flatten()
+                            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
                         let shared = Arc::clone(shared);
                         connections.spawn(async move {
                             match shared.config.tls.clone() {

@@ -366,3 +366,58 @@ async fn auto_learns_which_destinations_speak_mptcp() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_target_the_upstream_cannot_reach_in_time_does_not_mark_the_upstream_down() -> Result<()>
+{
+    bounded(async {
+        // Accepts the greeting, then never answers the CONNECT, as an upstream stuck on
+        // a blackholed target.
+        let slow = TcpListener::bind("127.0.0.1:0").await?;
+        let slow_addr = slow.local_addr()?;
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = slow.accept().await {
+                tokio::spawn(async move {
+                    let _ = stream.write_all(&[5, 0]).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+            }
+        });
+        let rules = "127.0.0.0/8,1,default,default,access=allow,via=vps\n";
+        let config = ServerConfig {
+            upstreams: vec![format!("vps=socks5://{slow_addr}").parse()?],
+            connect_timeout: Duration::from_secs(1),
+            ..config()
+        };
+        let boxed = Proxy::start(config, PolicyHandle::new(rules.parse()?)).await?;
+        let echo = echo_server("127.0.0.1:0").await?;
+        let (_stream, code) = connect_via(&boxed, &addr_bytes(echo)).await?;
+        assert_eq!(code, 0x06, "the target timed out");
+        assert_eq!(
+            status(&boxed, "vps")?.state(),
+            "up",
+            "the upstream answered"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_address_block_holds_for_names_going_through_an_upstream() -> Result<()> {
+    bounded(async {
+        let vps = Proxy::open(config()).await?;
+        let config = ServerConfig {
+            upstreams: vec![format!("vps=socks5://{}", vps.addr).parse()?],
+            ..config()
+        };
+        let rules = "*,1,default,default,via=vps\n127.0.0.0/8,1,default,default,access=deny\n";
+        let boxed = Proxy::start(config, PolicyHandle::new(rules.parse()?)).await?;
+        let echo = echo_server("127.0.0.1:0").await?;
+        let (_stream, code) = connect_via(&boxed, &name_bytes("localhost", echo.port())).await?;
+        assert_eq!(code, 0x02, "refused on the box, not handed to the upstream");
+        assert_eq!(vps.server.stats().snapshot().accepted, 0);
+        Ok(())
+    })
+    .await
+}

@@ -188,7 +188,11 @@ impl Collector for Snapshot {
             interfaces
                 .iter()
                 .find(|(addr, _)| *addr == ip)
-                .map_or_else(|| "unknown".to_owned(), |(_, name)| name.clone())
+                // Names may hold any byte but '/' and blanks: only plain ones go in a label.
+                .map_or_else(
+                    || "unknown".to_owned(),
+                    |(_, name)| crate::doctor::printable_name(name),
+                )
         };
         family(
             &mut encoder,

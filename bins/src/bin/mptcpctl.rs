@@ -518,9 +518,8 @@ fn capabilities_text(c: &Capabilities) -> String {
     out
 }
 
-/// One row per connection, then one line per subflow with its share of the connection's
-/// traffic (what shows that every link carries some).
-/// `upstream vps (socks5+tls://...): down, tls: ...; retry in 4s`.
+/// `upstream vps=socks5+tls://...: down, 0 connection(s); 2 failure(s) in a row, last:
+/// tls: ...; its destinations go direct, retried in 4s`.
 fn upstream_line(u: &UpstreamView) -> String {
     let mut line = format!(
         "upstream {}: {}, {} connection(s)",
@@ -556,6 +555,10 @@ fn learned_table(learned: &[LearnedView]) -> String {
     table(header, rows)
 }
 
+/// One row per connection, then one line per subflow with its share of the connection's
+/// traffic (what shows that every link carries some).
+/// One row per connection, then one line per subflow with its share of the connection's
+/// traffic (what shows that every link carries some).
 fn connections_table(connections: &[ConnectionView]) -> String {
     let header = [
         "ID",

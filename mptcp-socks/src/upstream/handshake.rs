@@ -76,11 +76,27 @@ pub(crate) fn request(auth: Option<&Auth>, target: &TargetAddr) -> Vec<u8> {
 /// Sends [`request`] and reads the answers. `Ok(Ok(bound))`: the upstream connected and
 /// relays from now on; `Ok(Err(reply))`: it is alive and well but could not connect to
 /// the target (the reply is what the client gets); `Err`: the upstream failed.
+#[cfg(test)]
 pub(crate) async fn exchange<S>(
     stream: &mut S,
     auth: Option<&Auth>,
     target: &TargetAddr,
 ) -> Result<Result<SocketAddr, Reply>, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    start(stream, auth, target).await?;
+    connect_reply(stream).await
+}
+
+/// Sends [`request`] and reads the answers to the greeting and the authentication: once
+/// this returns `Ok`, the upstream is alive and has accepted us; what remains is its own
+/// connect to the target ([`connect_reply`]).
+pub(crate) async fn start<S>(
+    stream: &mut S,
+    auth: Option<&Auth>,
+    target: &TargetAddr,
+) -> Result<(), HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -123,6 +139,17 @@ where
             return Err(HandshakeError::AuthRefused(status));
         }
     }
+    Ok(())
+}
+
+/// Reads the reply to the CONNECT request, sent once the upstream has connected to the
+/// target or failed to: `Ok(Ok(bound))` connected, `Ok(Err(reply))` its failure.
+pub(crate) async fn connect_reply<S>(
+    stream: &mut S,
+) -> Result<Result<SocketAddr, Reply>, HandshakeError>
+where
+    S: AsyncRead + Unpin,
+{
     let [version, code, _reserved, address_type] = read_array(stream).await?;
     if version != VERSION {
         return Err(HandshakeError::Protocol(format!(

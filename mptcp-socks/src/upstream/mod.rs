@@ -38,8 +38,8 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// At most one warning per upstream in this interval (with a count of the rest).
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
-/// After the TCP connect, time for TLS, the SOCKS exchange and the upstream's own connect
-/// on top of the connect timeout (the upstream spends up to its own on the target).
+/// The upstream spends up to its own connect timeout on the target; its reply may take
+/// this much longer than ours before the target counts as timed out.
 const EXCHANGE_MARGIN: Duration = Duration::from_secs(5);
 
 /// What went wrong with an upstream, by kind: what an operator does about it differs.
@@ -316,14 +316,15 @@ impl Link {
         let token = token(&stream, transport);
         let socket = Arc::new(stream);
         let plain = SharedStream(Arc::clone(&socket));
-        let budget = config.connect_timeout + EXCHANGE_MARGIN;
+        // TLS and the answers to greeting and password: the upstream's own part.
+        let budget = config.connect_timeout;
         let timed_out = || {
             fail(
                 FailureKind::Protocol,
-                format!("no complete SOCKS answer within {budget:?}"),
+                format!("no answer to the SOCKS greeting within {budget:?}"),
             )
         };
-        let exchange = async {
+        let accepted = async {
             let (mut io, resumed) = match &self.tls {
                 None => (OutboundIo::Plain(plain), false),
                 Some((connector, name)) => {
@@ -336,24 +337,23 @@ impl Link {
                     (OutboundIo::Tls(Box::new(tls)), resumed)
                 }
             };
-            let answer = handshake::exchange(&mut io, self.upstream.auth.as_ref(), target)
+            handshake::start(&mut io, self.upstream.auth.as_ref(), target)
                 .await
-                .map_err(|e| {
-                    let kind = match e {
-                        handshake::HandshakeError::NoAcceptableMethod { .. }
-                        | handshake::HandshakeError::AuthRefused(_) => FailureKind::Authentication,
-                        _ => FailureKind::Protocol,
-                    };
-                    fail(kind, e.to_string())
-                })?;
-            match answer {
-                Ok(_bound) => Ok((io, resumed)),
-                Err(reply) => Err(ViaError::Target(reply)),
-            }
+                .map_err(|e| fail(handshake_failure_kind(&e), e.to_string()))?;
+            Ok((io, resumed))
         };
-        let (io, resumed) = tokio::time::timeout(budget, exchange)
+        let (mut io, resumed) = tokio::time::timeout(budget, accepted)
             .await
             .map_err(|_| timed_out())??;
+        // Then its connect to the target, which may take its own connect timeout or
+        // longer: running out of time here is the target's failure, not the upstream's.
+        let target_budget = config.connect_timeout + EXCHANGE_MARGIN;
+        match tokio::time::timeout(target_budget, handshake::connect_reply(&mut io)).await {
+            Err(_) => return Err(ViaError::Target(Reply::TtlExpired)),
+            Ok(Err(e)) => return Err(fail(handshake_failure_kind(&e), e.to_string())),
+            Ok(Ok(Err(reply))) => return Err(ViaError::Target(reply)),
+            Ok(Ok(Ok(_bound))) => {}
+        }
         Ok(Chained {
             io,
             socket,
@@ -362,6 +362,14 @@ impl Link {
             token,
             resumed,
         })
+    }
+}
+
+fn handshake_failure_kind(e: &handshake::HandshakeError) -> FailureKind {
+    match e {
+        handshake::HandshakeError::NoAcceptableMethod { .. }
+        | handshake::HandshakeError::AuthRefused(_) => FailureKind::Authentication,
+        _ => FailureKind::Protocol,
     }
 }
 
