@@ -163,18 +163,7 @@ fn a_daemon_on_a_box_that_cannot_aggregate_says_so_in_its_health() -> anyhow::Re
     let rules = dir.path().join("rules");
     let daemon = common::daemon::Daemon::in_process_in(
         Some(lab.boxed.name()),
-        [
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "--api",
-            "127.0.0.1:0",
-            "--policy",
-        ]
-        .map(std::ffi::OsString::from)
-        .into_iter()
-        .chain([rules.into_os_string()]),
+        common::daemon::loopback_args(&rules, &[]),
     )?;
     let url = daemon.api_url("");
     let health = lab

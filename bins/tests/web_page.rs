@@ -52,24 +52,10 @@ fn the_page_shows_a_live_connections_uplinks_and_adds_a_rule_to_the_file() {
     std::fs::write(&rules, "127.0.0.1,1,default,default,access=allow,\n.\n").expect("rules");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).expect("token");
-    let daemon = Daemon::in_process(
-        [
-            "-i",
-            "127.0.0.1",
-            "-p",
-            "0",
-            "--api",
-            "127.0.0.1:0",
-            "--api-token-file",
-        ]
-        .map(std::ffi::OsString::from)
-        .into_iter()
-        .chain([
-            token_file.into_os_string(),
-            "--policy".into(),
-            rules.clone().into_os_string(),
-        ]),
-    )
+    let daemon = Daemon::in_process(common::daemon::loopback_args(
+        &rules,
+        &["--api-token-file".as_ref(), token_file.as_os_str()],
+    ))
     .expect("daemon");
     let api = daemon.api.expect("api");
 

@@ -60,6 +60,23 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
+/// Counters without labels: (name, help, value).
+fn plain_counters(
+    encoder: &mut DescriptorEncoder<'_>,
+    counters: &[(&str, &str, u64)],
+) -> Result<(), fmt::Error> {
+    for &(name, help, value) in counters {
+        family(
+            encoder,
+            name,
+            help,
+            MetricType::Counter,
+            [(Labels::new(), counter(value))],
+        )?;
+    }
+    Ok(())
+}
+
 fn counter(value: u64) -> ConstCounter<u64> {
     ConstCounter::new(value)
 }
@@ -98,15 +115,7 @@ impl Collector for Snapshot {
                 counts.writes,
             ),
         ];
-        for (name, help, value) in store {
-            family(
-                &mut encoder,
-                name,
-                help,
-                MetricType::Counter,
-                [(Labels::new(), counter(value))],
-            )?;
-        }
+        plain_counters(&mut encoder, &store)?;
         let Some(server) = &self.server else {
             return Ok(());
         };
@@ -230,15 +239,7 @@ impl Collector for Snapshot {
                 snapshot.subflows_recreated,
             ),
         ];
-        for (name, help, value) in subflows {
-            family(
-                &mut encoder,
-                name,
-                help,
-                MetricType::Counter,
-                [(Labels::new(), counter(value))],
-            )?;
-        }
+        plain_counters(&mut encoder, &subflows)?;
         let latency = stats.connect_latency();
         let mut metric = encoder.encode_descriptor(
             "connect_seconds",

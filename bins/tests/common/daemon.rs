@@ -24,6 +24,25 @@ const START_WAIT: Duration = Duration::from_secs(20);
 /// How long an in-process daemon may take to stop once asked.
 const STOP_WAIT: Duration = Duration::from_secs(15);
 
+/// Flags for a daemon on 127.0.0.1 with its SOCKS port and API on free ports, serving
+/// the rule file `policy`, then `extra`.
+pub(crate) fn loopback_args(policy: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Vec<OsString> {
+    [
+        "-i",
+        "127.0.0.1",
+        "-p",
+        "0",
+        "--api",
+        "127.0.0.1:0",
+        "--policy",
+    ]
+    .map(OsString::from)
+    .into_iter()
+    .chain([policy.into()])
+    .chain(extra.iter().map(|a| (*a).to_owned()))
+    .collect()
+}
+
 /// What the daemon has logged, and a signal for each new line.
 type Log = Arc<(Mutex<String>, Condvar)>;
 
@@ -61,20 +80,7 @@ impl Daemon {
     /// [`Daemon::in_process`] on loopback with the SOCKS port and the API on ports of
     /// their own, serving the rule file `policy`.
     pub(crate) fn with_api(policy: &std::path::Path) -> anyhow::Result<Daemon> {
-        Daemon::in_process(
-            [
-                "-i",
-                "127.0.0.1",
-                "-p",
-                "0",
-                "--api",
-                "127.0.0.1:0",
-                "--policy",
-            ]
-            .map(OsString::from)
-            .into_iter()
-            .chain([policy.into()]),
-        )
+        Daemon::in_process(loopback_args(policy, &[]))
     }
 
     /// [`Daemon::in_process`] on threads that entered network namespace `ns`, so that its
