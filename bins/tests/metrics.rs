@@ -108,9 +108,7 @@ fn metrics(daemon: &Daemon) -> Samples {
 
 #[test]
 fn metrics_parse_and_count_what_happened_bytes_per_uplink_as_connections_showed() {
-    let mptcp_here =
-        std::fs::read_to_string("/proc/sys/net/mptcp/enabled").is_ok_and(|s| s.trim() == "1");
-    if !mptcp_here && !mptcp_test_support::skip("no upstream MPTCP enabled here") {
+    if !mptcp_test_support::require_mptcp() {
         return;
     }
     if !parser_available()

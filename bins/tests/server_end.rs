@@ -20,9 +20,7 @@ const RULES: &str = "127.0.0.1,1,default,default,access=allow,\n.\n";
 
 #[test]
 fn mptcp_clients_reach_the_socks_listener_over_mptcp_and_tcp_clients_still_do() {
-    let enabled =
-        std::fs::read_to_string("/proc/sys/net/mptcp/enabled").is_ok_and(|s| s.trim() == "1");
-    if !enabled && !mptcp_test_support::skip("this kernel has no upstream MPTCP enabled") {
+    if !mptcp_test_support::require_mptcp() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -35,9 +35,7 @@ impl Drop for Browser {
 
 #[test]
 fn the_page_shows_a_live_connections_uplinks_and_adds_a_rule_to_the_file() {
-    let mptcp_here =
-        std::fs::read_to_string("/proc/sys/net/mptcp/enabled").is_ok_and(|s| s.trim() == "1");
-    if !mptcp_here && !mptcp_test_support::skip("no upstream MPTCP enabled here") {
+    if !mptcp_test_support::require_mptcp() {
         return;
     }
     if !tools_available()

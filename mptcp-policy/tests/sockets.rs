@@ -20,11 +20,6 @@ const MPTCP_OFF: Settings = Settings {
     ..MPTCP_ON
 };
 
-fn upstream_mptcp_here() -> bool {
-    let on = std::fs::read_to_string("/proc/sys/net/mptcp/enabled").is_ok_and(|s| s.trim() == "1");
-    on || mptcp_test_support::skip("this kernel has no upstream MPTCP enabled")
-}
-
 /// A listener on 127.0.0.1 that accepts one connection and echoes one message.
 fn listener(protocol: Protocol) -> (SocketAddr, std::thread::JoinHandle<Option<u8>>) {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(protocol)).expect("listener socket");
@@ -63,7 +58,7 @@ fn connect(addr: SocketAddr, settings: &Settings) -> (TcpStream, Opened) {
 
 #[test]
 fn mptcp_rule_gives_an_mptcp_connection() {
-    if !upstream_mptcp_here() {
+    if !mptcp_test_support::require_mptcp() {
         return;
     }
     let (addr, server) = listener(Protocol::MPTCP);
@@ -81,7 +76,7 @@ fn mptcp_rule_gives_an_mptcp_connection() {
 
 #[test]
 fn tcp_rule_gives_plain_tcp_even_to_an_mptcp_server() {
-    if !upstream_mptcp_here() {
+    if !mptcp_test_support::require_mptcp() {
         return;
     }
     let (addr, server) = listener(Protocol::MPTCP);
@@ -99,7 +94,7 @@ fn tcp_rule_gives_plain_tcp_even_to_an_mptcp_server() {
 
 #[test]
 fn a_tcp_only_server_makes_the_connection_fall_back() {
-    if !upstream_mptcp_here() {
+    if !mptcp_test_support::require_mptcp() {
         return;
     }
     let (addr, server) = listener(Protocol::TCP);
@@ -112,7 +107,7 @@ fn a_tcp_only_server_makes_the_connection_fall_back() {
 
 #[test]
 fn mptcp_disabled_in_the_namespace_falls_back_to_tcp_and_is_counted() {
-    if !upstream_mptcp_here() {
+    if !mptcp_test_support::require_mptcp() {
         return;
     }
     // Needs CAP_SYS_ADMIN for a private network namespace (where net.mptcp.enabled=0
@@ -181,7 +176,7 @@ fn run(cmd: &str) -> anyhow_free::Result<()> {
 
 #[test]
 fn subflows_lists_each_subflow_with_its_addresses_and_bytes() {
-    if !upstream_mptcp_here() {
+    if !mptcp_test_support::require_mptcp() {
         return;
     }
     let result = in_private_netns(|| {
@@ -267,7 +262,7 @@ fn listener_on(addr: &str) -> (SocketAddr, std::thread::JoinHandle<u64>) {
 
 #[test]
 fn local_address_up_follows_the_link() {
-    if !upstream_mptcp_here() {
+    if !mptcp_test_support::require_mptcp() {
         return;
     }
     let states = in_private_netns(|| {

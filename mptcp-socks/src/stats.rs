@@ -181,7 +181,14 @@ impl Stats {
     }
 
     pub(crate) fn routed(&self, via: &str) {
-        *lock(&self.0.via).entry(via.to_owned()).or_default() += 1;
+        let mut counts = lock(&self.0.via);
+        // No allocation per connection: only a route seen for the first time is stored.
+        match counts.get_mut(via) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(via.to_owned(), 1);
+            }
+        }
     }
 
     pub(crate) fn relayed(&self, upstream: bool, bytes: u64) {

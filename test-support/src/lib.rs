@@ -48,4 +48,4 @@ pub mod socks;
 pub mod sys;
 
 pub use echo::{echo_server, mptcp_echo_server};
-pub use skip::{require_netns, require_root, skip};
+pub use skip::{require_mptcp, require_netns, require_root, skip};

@@ -50,6 +50,14 @@ pub fn skip(reason: &str) -> bool {
     false
 }
 
+/// Whether this network namespace can open MPTCP sockets (upstream Linux MPTCP with
+/// `net.mptcp.enabled=1`); otherwise [`skip`] with the reason.
+pub fn require_mptcp() -> bool {
+    let enabled =
+        std::fs::read_to_string("/proc/sys/net/mptcp/enabled").is_ok_and(|s| s.trim() == "1");
+    enabled || skip("this kernel has no upstream MPTCP enabled")
+}
+
 /// Whether the test runs as root; otherwise [`skip`] with `why` it needs root.
 pub fn require_root(why: &str) -> bool {
     crate::sys::is_root() || skip(&format!("needs root {why}"))
