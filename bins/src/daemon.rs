@@ -327,6 +327,7 @@ impl Daemon {
         let server_end = settings.tls.is_some() && settings.upstreams.is_empty();
         let server = Server::new(settings, policy).map_err(DaemonError::Server)?;
         let connections = server.connections().clone();
+        tokio::spawn(keep_heap_trimmed(server.stats().clone(), stopped()));
 
         // The inventory is what `ip mptcp endpoint` lists; the API shows it and the
         // userspace path manager makes subflows from it. The API answers once the path
@@ -460,11 +461,19 @@ impl Daemon {
             tracing::info!("shutting down");
             let _ = stop.send(true);
         });
-        server
-            .serve(socks, async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            })
-            .await;
+        // On a worker thread of the runtime rather than the thread that blocks on it: a
+        // connection's task is then queued on the worker that accepted it, without waking
+        // another thread.
+        let serving = tokio::spawn(async move {
+            server
+                .serve(socks, async move {
+                    let _ = stopped.wait_for(|stop| *stop).await;
+                })
+                .await;
+        });
+        if let Err(err) = serving.await {
+            tracing::error!(error = %err, "the SOCKS5 server stopped unexpectedly");
+        }
         if let Some(task) = api_task {
             let _ = task.await;
         }
@@ -473,6 +482,29 @@ impl Daemon {
             && let Err(e) = pm.finished().await
         {
             tracing::error!("{e}");
+        }
+    }
+}
+
+/// How often, at most, the heap's free memory is handed back to the system.
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Every [`TRIM_INTERVAL`] in which connections came or went, hands the heap's free memory
+/// back to the system, so that the RSS falls again after a burst of connections rather
+/// than staying at its peak.
+async fn keep_heap_trimmed(stats: mptcp_socks::Stats, stopped: impl Future<Output = ()>) {
+    tokio::pin!(stopped);
+    let mut trimmed_at = None;
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            () = tokio::time::sleep(TRIM_INTERVAL) => {}
+        }
+        let now = stats.snapshot();
+        if trimmed_at != Some((now.accepted, now.active)) {
+            trimmed_at = Some((now.accepted, now.active));
+            // It walks the whole heap under the allocator's locks: not on a worker thread.
+            let _ = tokio::task::spawn_blocking(mptcp_policy::release_free_memory).await;
         }
     }
 }

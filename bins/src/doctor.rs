@@ -505,11 +505,7 @@ pub async fn probe(target: &str, timeout: std::time::Duration) -> Finding {
         );
     };
     let settings = mptcp_policy::Settings::default();
-    let opened = mptcp_policy::open_outbound(addr, &settings).and_then(|(socket, opened)| {
-        socket.set_nonblocking(true)?;
-        Ok((socket, opened))
-    });
-    let (socket, opened) = match opened {
+    let (socket, opened) = match mptcp_policy::open_outbound(addr, &settings) {
         Ok(pair) => pair,
         Err(e) => {
             return Finding::new(

@@ -125,6 +125,6 @@ pub use rule::{Access, Destination, DomainName, IpPrefix, PathManager, Rule, Sch
 pub use sys::{
     MptcpInfo, Opened, SubflowInfo, Transport, address_interfaces, effective_uid, fallback_count,
     fd_limit, interface_name, is_mptcp, listen, local_address_up, local_addresses, mptcp_info,
-    open_outbound, raise_fd_limit, set_fd_limit, subflows, transport,
+    open_outbound, raise_fd_limit, release_free_memory, set_fd_limit, subflows, transport,
 };
 pub use via::{UpstreamName, Via};

@@ -336,7 +336,6 @@ pub(crate) async fn attempt(
 ) -> Result<(TcpStream, Opened), Error> {
     let failed = |source| Error::Connect { addr, source };
     let (socket, opened) = mptcp_policy::open_outbound(addr, settings).map_err(failed)?;
-    socket.set_nonblocking(true).map_err(failed)?;
     if let Some(ip) = bind_addr
         && ip.is_ipv4() == addr.is_ipv4()
     {

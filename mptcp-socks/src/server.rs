@@ -10,11 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use mptcp_policy::Transport;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::config::{Auth, ServerConfig};
-use crate::connect::{Connector, Target};
+use crate::connect::{Connector, Outbound, Target};
 use crate::error::Error;
 use crate::guard::{
     AuthFailures, ConnectionLimits, HostAddresses, LimitHit, Slot, is_local_network,
@@ -22,16 +22,12 @@ use crate::guard::{
 use crate::learned::Learned;
 use crate::policy_handle::PolicyHandle;
 use crate::registry::{Connection, Connections};
-use crate::relay::{Activity, SUBFLOW_SAMPLE, SubflowsSeen, Watched, idle_for};
+use crate::relay::{self, Activity, SUBFLOW_SAMPLE, SubflowsSeen, idle_for};
 use crate::resolve::NameResolver;
 use crate::socks5::{self, Command, Reply, TargetAddr};
 use crate::stats::Stats;
 use crate::throttle::LogThrottle;
 use crate::upstream::{UpstreamStatus, Upstreams};
-
-/// Buffer per relay direction. Measured on this kind of host: 8 KiB buffers cost about a
-/// tenth of the throughput of 256 KiB; 64 KiB gets most of the gain at a quarter of the memory.
-const RELAY_BUFFER: usize = 64 * 1024;
 
 /// Pause after an accept error such as EMFILE, so a full fd table does not turn the loop
 /// into a busy spin while connections drain.
@@ -280,19 +276,16 @@ impl Server {
                             .flatten()
                             .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
                         let shared = Arc::clone(shared);
-                        connections.spawn(async move {
-                            match shared.config.tls.clone() {
-                                None => handle_client(&shared, stream, client, pac, slot).await,
-                                Some(tls) => {
-                                    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-                                    match tokio::time::timeout(shared.config.handshake_timeout, accept).await {
-                                        Ok(Ok(stream)) => handle_client(&shared, stream, client, None, slot).await,
-                                        Ok(Err(err)) => tracing::debug!(%client, error = %err, "TLS handshake failed"),
-                                        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
-                                    }
-                                }
-                            }
-                        });
+                        // Two kinds of task, so that a plain client's does not carry room
+                        // for a TLS session.
+                        match shared.config.tls.clone() {
+                            None => connections.spawn(async move {
+                                handle_client(&shared, stream, client, pac, slot).await;
+                            }),
+                            Some(tls) => connections.spawn(async move {
+                                handle_tls_client(&shared, tls, stream, client, slot).await;
+                            }),
+                        };
                     }
                     Err(err) => {
                         if let Some(held_back) = shared.accept_error_log.allow() {
@@ -383,6 +376,24 @@ async fn handle_client<S>(
     }
 }
 
+/// A client of a TLS listener: the TLS handshake, then as [`handle_client`].
+async fn handle_tls_client(
+    shared: &Shared,
+    tls: Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+    client: SocketAddr,
+    slot: Slot,
+) {
+    // The session's state is large: on the heap, so that the task is no larger than a
+    // plain client's.
+    let accept = Box::pin(tokio_rustls::TlsAcceptor::from(tls).accept(stream));
+    match tokio::time::timeout(shared.config.handshake_timeout, accept).await {
+        Ok(Ok(stream)) => handle_client(shared, Box::new(stream), client, None, slot).await,
+        Ok(Err(err)) => tracing::debug!(%client, error = %err, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
+    }
+}
+
 async fn serve_client<S>(
     shared: &Shared,
     mut stream: S,
@@ -392,18 +403,55 @@ async fn serve_client<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let timeout = shared.config.handshake_timeout;
-    let request = tokio::time::timeout(timeout, handshake(shared, &mut stream, client.ip(), pac))
-        .await
-        .map_err(|_| Error::HandshakeTimeout(timeout))??;
-    let Some((command, target_addr)) = request else {
+    // The handshake and the connect step (names resolved, TLS to an upstream) hold several
+    // KiB of state: on the heap only while they run, so that a relaying connection's task
+    // keeps just what the relay needs.
+    let Some(request) = Box::pin(open(shared, &mut stream, client, pac)).await? else {
         tracing::debug!(%client, "served the PAC file");
         return Ok(());
+    };
+    relay(shared, stream, client, request).await
+}
+
+/// A request whose outbound connection is open.
+struct Connected {
+    /// The target as the client named it.
+    target: TargetAddr,
+    outbound: Outbound,
+    /// What the client sent after its request without waiting for the answer: the first
+    /// bytes for the destination.
+    early: Vec<u8>,
+}
+
+/// Room for what a client sends before it waits for an answer (greeting, credentials and
+/// request together are at most 1032 bytes), so the handshake takes as few reads as the
+/// client took writes.
+const HANDSHAKE_READ: usize = 1024;
+
+/// The handshake and the connect step, answered with a failure reply where they fail.
+/// `Ok(None)`: it was a request for the PAC file, answered.
+async fn open<S>(
+    shared: &Shared,
+    stream: &mut S,
+    client: SocketAddr,
+    pac: Option<SocketAddr>,
+) -> Result<Option<Connected>, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let timeout = shared.config.handshake_timeout;
+    let mut reader = tokio::io::BufReader::with_capacity(HANDSHAKE_READ, &mut *stream);
+    let request = tokio::time::timeout(timeout, handshake(shared, &mut reader, client.ip(), pac))
+        .await
+        .map_err(|_| Error::HandshakeTimeout(timeout))??;
+    let early = reader.buffer().to_vec();
+    let Some((command, target_addr)) = request else {
+        return Ok(None);
     };
 
     if let Command::Unsupported(code) = command {
         let err = Error::UnsupportedCommand(code);
-        socks5::write_reply(&mut stream, err.reply(), socks5::UNBOUND).await?;
+        socks5::write_reply(stream, err.reply(), socks5::UNBOUND).await?;
         return Err(err);
     }
 
@@ -423,8 +471,16 @@ where
     let connecting = Instant::now();
     let connected = connector.connect(&target, &target_addr).await;
     drop(policy);
-    let outbound = match connected {
-        Ok(outbound) => outbound,
+    match connected {
+        Ok(outbound) => {
+            shared.stats.connected(outbound.transport);
+            shared.stats.connect_took(connecting.elapsed());
+            Ok(Some(Connected {
+                target: target_addr,
+                outbound,
+                early,
+            }))
+        }
         Err(err) => {
             tracing::info!(
                 %client,
@@ -433,13 +489,27 @@ where
                 reply = err.reply().as_u8(),
                 "connect failed"
             );
-            socks5::write_reply(&mut stream, err.reply(), socks5::UNBOUND).await?;
-            return Err(err);
+            socks5::write_reply(stream, err.reply(), socks5::UNBOUND).await?;
+            Err(err)
         }
-    };
+    }
+}
 
-    shared.stats.connected(outbound.transport);
-    shared.stats.connect_took(connecting.elapsed());
+/// A connected request: registered, answered, relayed until it ends, and logged.
+async fn relay<S>(
+    shared: &Shared,
+    mut stream: S,
+    client: SocketAddr,
+    request: Connected,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Connected {
+        target: target_addr,
+        outbound,
+        early,
+    } = request;
     let bound = outbound.socket.local_addr()?;
     let outbound_socket = Arc::clone(&outbound.socket);
     let via = outbound.via.clone();
@@ -484,31 +554,18 @@ where
     let mut seen = SubflowsSeen::default();
     let activity = Activity::new(&shared.stats);
     let ended = {
-        let mut inbound = Watched {
-            inner: stream,
-            activity: &activity,
-            upstream: true,
-        };
-        let mut outbound_side = Watched {
-            inner: outbound.io,
-            activity: &activity,
-            upstream: false,
-        };
-        let relay = tokio::io::copy_bidirectional_with_sizes(
-            &mut inbound,
-            &mut outbound_side,
-            RELAY_BUFFER,
-            RELAY_BUFFER,
-        );
+        let mut outbound_io = outbound.io;
+        let relay = relay::relay(&mut stream, &mut outbound_io, &activity, early);
         tokio::pin!(relay);
         let idle = idle_for(&activity, shared.config.idle_timeout);
         tokio::pin!(idle);
-        let mut sample = tokio::time::interval(SUBFLOW_SAMPLE);
+        // Only MPTCP connections have subflows to sample (and a timer for it).
+        let mut sample = mptcp.then(|| tokio::time::interval(SUBFLOW_SAMPLE));
         loop {
             tokio::select! {
-                done = &mut relay => break done.map(|_| None),
+                done = &mut relay => break done.map(|()| None),
                 idle = &mut idle => break Ok(Some(idle)),
-                _ = sample.tick(), if mptcp => seen.sample(registration.socket(), false),
+                () = next_tick(&mut sample) => seen.sample(registration.socket(), false),
             }
         }
     };
@@ -544,6 +601,16 @@ where
         "{outcome}"
     );
     Ok(())
+}
+
+/// Completes at the interval's next tick; never without one.
+async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Greeting, authentication and request, up to the point where the connect step begins.

@@ -4,8 +4,10 @@
 //! Written here rather than taken from fast-socks5, whose server answers a malformed
 //! address with its own reply (0x05 for a name that is not UTF-8) before the caller can
 //! choose one, does not check the RFC 1929 version byte, and logs the password bytes at
-//! debug level. Every read is exact (no read-ahead), so a client that pipelines greeting,
-//! authentication and request in one segment is served as one that waits for each answer.
+//! debug level. Every read here is exact; the server reads through a small buffer (and
+//! passes on what follows the request), so a client that pipelines greeting,
+//! authentication, request and even its first data in one segment is served as one that
+//! waits for each answer, in as few system calls as it took.
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -63,6 +63,32 @@ async fn connect_by_name_resolves_through_etc_hosts() -> Result<()> {
     .await
 }
 
+/// Greeting, request and the first data in one segment, as a client sends them that does
+/// not wait for the answers: the server reads ahead, and what follows the request reaches
+/// the destination first.
+#[tokio::test]
+async fn data_sent_with_the_request_reaches_the_destination() -> Result<()> {
+    bounded(async {
+        let echo = echo_server("127.0.0.1:0").await?;
+        let proxy = Proxy::open(config()).await?;
+        let mut stream = proxy.client().await?;
+        let mut all = vec![0x05, 0x01, NO_AUTH, 0x05, CONNECT, 0x00];
+        all.extend_from_slice(&addr_bytes(echo));
+        all.extend_from_slice(b"early bytes");
+        stream.write_all(&all).await?;
+        let mut answers = [0u8; 2 + 10];
+        stream.read_exact(&mut answers).await?;
+        ensure!(answers[..2] == [0x05, NO_AUTH], "method answer {answers:?}");
+        ensure!(answers[3] == 0x00, "reply {:#x}", answers[3]);
+        let mut echoed = [0u8; 11];
+        stream.read_exact(&mut echoed).await?;
+        ensure!(&echoed == b"early bytes", "echoed {echoed:?}");
+        assert_echo(&mut stream, 64 * 1024).await?;
+        proxy.stop().await
+    })
+    .await
+}
+
 #[tokio::test]
 async fn half_close_keeps_the_other_direction_open() -> Result<()> {
     bounded(async {

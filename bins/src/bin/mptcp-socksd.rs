@@ -14,8 +14,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_level = if cli.quiet() { "error" } else { "info" };
     // Two lines per connection: written by a background thread, so a slow terminal or
-    // pipe never stalls a relay. The guard flushes what is queued when main returns.
-    let (log_writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stderr());
+    // pipe never stalls a relay, in one write for all lines queued meanwhile (it flushes
+    // whenever the queue is empty). The guard flushes what is queued when main returns.
+    let (log_writer, _flush_on_exit) =
+        tracing_appender::non_blocking(std::io::BufWriter::new(std::io::stderr()));
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let log = tracing_subscriber::fmt()
