@@ -123,8 +123,9 @@ pub use kernel::{Flavour, KernelSupport};
 pub use policy::{Match, Policy, Refusal};
 pub use rule::{Access, Destination, DomainName, IpPrefix, PathManager, Rule, Scheduler, Settings};
 pub use sys::{
-    MptcpInfo, Opened, SubflowInfo, Transport, address_interfaces, effective_uid, fallback_count,
-    fd_limit, interface_name, is_mptcp, listen, local_address_up, local_addresses, mptcp_info,
-    open_outbound, raise_fd_limit, release_free_memory, set_fd_limit, subflows, transport,
+    MptcpInfo, Opened, Pipe, SubflowInfo, Transport, address_interfaces, effective_uid,
+    fallback_count, fd_limit, interface_name, is_mptcp, listen, local_address_up, local_addresses,
+    mptcp_info, open_outbound, raise_fd_limit, release_free_memory, set_fd_limit, subflows,
+    transport,
 };
 pub use via::{UpstreamName, Via};

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use mptcp_policy::SubflowInfo;
+use mptcp_policy::{Pipe, SubflowInfo};
 
 use crate::stats::Stats;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A TCP stream shared with the connection registry, which reads its subflows while the
@@ -165,11 +165,100 @@ impl<'a> Activity<'a> {
 /// reads (measured: 8 KiB reads cost about a tenth of the throughput of 256 KiB).
 const CHUNK: usize = 64 * 1024;
 
+/// Pipes kept per thread for the next burst of a spliced relay.
+const SPARE_PIPES: usize = 4;
+
 thread_local! {
     /// Where a relay reads a chunk and writes it on at once: one buffer per thread, not
     /// two per connection. A connection holds memory of its own only for bytes its
     /// receiver could not take yet ([`Direction::backlog`]).
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
+    /// Pipes for splicing, not in use: a connection holds one only while it moves data.
+    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A side of a relay that may be a plain TCP (or MPTCP) socket: between two of those the
+/// kernel moves the bytes itself (`splice` through a pipe), without copying them through
+/// the process.
+pub(crate) trait TcpSide {
+    /// The socket, when the side is one without a layer (TLS) above it.
+    fn tcp(&self) -> Option<&TcpStream>;
+}
+
+impl TcpSide for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl TcpSide for Box<tokio_rustls::server::TlsStream<TcpStream>> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl TcpSide for OutboundIo {
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            OutboundIo::Plain(stream) => Some(&stream.0),
+            OutboundIo::Tls(_) => None,
+        }
+    }
+}
+
+/// A stream of any kind (given to [`crate::Server::serve_connection`]): relayed by copying.
+#[derive(Debug)]
+pub(crate) struct Opaque<S>(pub(crate) S);
+
+impl<S> TcpSide for Opaque<S> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Opaque<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Opaque<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+fn take_pipe() -> Option<Pipe> {
+    PIPES
+        .with(|pipes| pipes.try_borrow_mut().ok()?.pop())
+        .or_else(|| Pipe::new().ok())
+}
+
+/// Keeps an empty pipe for the next burst, up to [`SPARE_PIPES`]; closes it otherwise.
+fn put_pipe(pipe: Pipe) {
+    PIPES.with(|pipes| {
+        if let Ok(mut pipes) = pipes.try_borrow_mut()
+            && pipes.len() < SPARE_PIPES
+        {
+            pipes.push(pipe);
+        }
+    });
 }
 
 /// Copies both ways between `a` and `b` until both sides have ended (each end is passed
@@ -178,7 +267,9 @@ thread_local! {
 ///
 /// Unlike [`tokio::io::copy_bidirectional`], which holds a buffer per direction for the
 /// connection's whole life, an idle connection here holds no buffer at all, and a busy
-/// one only what its receiver has not taken yet, freed as soon as it has.
+/// one only what its receiver has not taken yet, freed as soon as it has. Between two
+/// plain sockets the bytes go through a pipe in the kernel instead, held only while
+/// data moves.
 pub(crate) async fn relay<A, B>(
     a: &mut A,
     b: &mut B,
@@ -186,8 +277,8 @@ pub(crate) async fn relay<A, B>(
     early: Vec<u8>,
 ) -> io::Result<()>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: AsyncRead + AsyncWrite + TcpSide + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + TcpSide + Unpin + ?Sized,
 {
     let mut up = Direction::new(true);
     if !early.is_empty() {
@@ -216,6 +307,11 @@ struct Direction {
     written: usize,
     /// The writer took bytes since it was last flushed (a TLS writer may hold them).
     need_flush: bool,
+    /// Whether to splice (until both sides turn out to be sockets that can).
+    splice: bool,
+    /// The pipe being spliced through, while a burst lasts, and how much is in it.
+    pipe: Option<Pipe>,
+    in_pipe: usize,
     state: State,
 }
 
@@ -225,6 +321,16 @@ enum State {
     /// The reader ended: pass the end on to the writer.
     ShuttingDown,
     Done,
+}
+
+/// What a spliced burst came to.
+enum Burst {
+    /// The reader has nothing more for now; the pipe is empty and given back.
+    Idle,
+    /// The reader ended.
+    End,
+    /// These sockets cannot be spliced (or no pipe can be had): copy instead.
+    Unsupported,
 }
 
 /// What a read of one chunk came to.
@@ -244,6 +350,9 @@ impl Direction {
             backlog: Vec::new(),
             written: 0,
             need_flush: false,
+            splice: true,
+            pipe: None,
+            in_pipe: 0,
             state: State::Copying,
         }
     }
@@ -256,8 +365,8 @@ impl Direction {
         activity: &Activity<'_>,
     ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
+        R: AsyncRead + TcpSide + Unpin + ?Sized,
+        W: AsyncWrite + TcpSide + Unpin + ?Sized,
     {
         loop {
             match self.state {
@@ -284,6 +393,21 @@ impl Direction {
                 self.backlog = Vec::new();
                 self.written = 0;
             }
+            if self.splice {
+                match (reader.tcp(), writer.tcp()) {
+                    (Some(from), Some(to)) => {
+                        match ready!(self.splice_burst(cx, from, to, activity))? {
+                            Burst::Idle => return Poll::Pending,
+                            Burst::End => {
+                                self.state = State::ShuttingDown;
+                                continue;
+                            }
+                            Burst::Unsupported => self.splice = false,
+                        }
+                    }
+                    _ => self.splice = false,
+                }
+            }
             let chunk = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
                 Ok(mut scratch) => self.move_chunk(cx, &mut scratch, reader, writer, activity),
                 // Only if a reader or writer polled another relay from inside its own poll.
@@ -304,6 +428,55 @@ impl Direction {
                     return Poll::Pending;
                 }
             }
+        }
+    }
+
+    /// Splices from `from` to `to` through a pipe until `from` has nothing for now (its
+    /// waker registered) or ends. Pending: bytes wait in the pipe for `to`.
+    fn splice_burst(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        activity: &Activity<'_>,
+    ) -> Poll<io::Result<Burst>> {
+        loop {
+            let Some(pipe) = self.pipe.take().or_else(take_pipe) else {
+                return Poll::Ready(Ok(Burst::Unsupported));
+            };
+            let pipe = self.pipe.insert(pipe);
+            if self.in_pipe > 0 {
+                ready!(to.poll_write_ready(cx))?;
+                match to.try_io(Interest::WRITABLE, || pipe.drain_to(to, self.in_pipe)) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Ok(n) => self.in_pipe -= n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) => return Poll::Ready(Err(err)),
+                }
+                continue;
+            }
+            let burst = match from.poll_read_ready(cx) {
+                Poll::Pending => Burst::Idle,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Ready(Ok(())) => {
+                    match from.try_io(Interest::READABLE, || pipe.fill_from(from, CHUNK)) {
+                        Ok(0) => Burst::End,
+                        Ok(n) => {
+                            self.in_pipe = n;
+                            activity.record(self.upstream, n);
+                            continue;
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                        // Nothing moved: the kernel cannot splice from this socket.
+                        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Burst::Unsupported,
+                        Err(err) => return Poll::Ready(Err(err)),
+                    }
+                }
+            };
+            if let Some(pipe) = self.pipe.take() {
+                put_pipe(pipe);
+            }
+            return Poll::Ready(Ok(burst));
         }
     }
 
@@ -472,8 +645,10 @@ mod tests {
     async fn relays_both_ways_intact_through_writers_that_take_little_at_a_time() {
         let stats = Stats::default();
         let activity = Activity::new(&stats);
-        let (client, mut a) = duplex(100);
-        let (mut b, server) = duplex(1000);
+        let (client, a) = duplex(100);
+        let mut a = Opaque(a);
+        let (b, server) = duplex(1000);
+        let mut b = Opaque(b);
         let up = pattern(300_000, 1);
         let down = pattern(200_000, 7);
         let (relayed, at_server, at_client) = tokio::join!(
@@ -498,11 +673,19 @@ mod tests {
     #[tokio::test]
     async fn a_half_close_is_passed_on_and_the_other_way_keeps_flowing() {
         let stats = Stats::default();
-        let (mut client, mut a) = duplex(4096);
-        let (mut b, mut server) = duplex(4096);
+        let (mut client, a) = duplex(4096);
+        let mut a = Opaque(a);
+        let (b, mut server) = duplex(4096);
+        let mut b = Opaque(b);
         let relaying = tokio::spawn(async move {
             let activity = Activity::new(&stats);
-            relay(&mut a, &mut b, &activity, Vec::new()).await
+            relay(
+                &mut Opaque(&mut a),
+                &mut Opaque(&mut b),
+                &activity,
+                Vec::new(),
+            )
+            .await
         });
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
@@ -524,18 +707,87 @@ mod tests {
         relaying.await.unwrap().unwrap();
     }
 
+    /// Two TCP sockets: the bytes go through a pipe in the kernel, intact both ways with a
+    /// receiver that holds back at first, and the pipe is given back when it is over.
+    #[tokio::test]
+    async fn plain_sockets_are_spliced_intact_and_the_pipe_given_back() {
+        async fn pair() -> (TcpStream, TcpStream) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let near = TcpStream::connect(listener.local_addr().unwrap());
+            let (near, far) = tokio::join!(near, listener.accept());
+            (near.unwrap(), far.unwrap().0)
+        }
+        let (mut client, mut a) = pair().await;
+        let (mut b, mut server) = pair().await;
+        let stats = Stats::default();
+        let activity = Activity::new(&stats);
+        let up = pattern(8 << 20, 3);
+        let down = pattern(3 << 20, 5);
+        let spare_before = PIPES.with(|pipes| pipes.borrow().len());
+        let ends = async {
+            let (mut client_read, mut client_write) = client.split();
+            let (mut server_read, mut server_write) = server.split();
+            // Nothing is read for a while: the pipe fills and waits for the writer.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut at_server = Vec::new();
+            let mut at_client = Vec::new();
+            let (sent_up, sent_down, got_up, got_down) = tokio::join!(
+                async {
+                    client_write.write_all(&up).await?;
+                    client_write.shutdown().await
+                },
+                async {
+                    server_write.write_all(&down).await?;
+                    server_write.shutdown().await
+                },
+                server_read.read_to_end(&mut at_server),
+                client_read.read_to_end(&mut at_client),
+            );
+            (
+                sent_up.and(sent_down).and(got_up).and(got_down),
+                at_server,
+                at_client,
+            )
+        };
+        let (relayed, (io, at_server, at_client)) =
+            tokio::join!(relay(&mut a, &mut b, &activity, Vec::new()), ends);
+        relayed.unwrap();
+        io.unwrap();
+        assert!(
+            at_server == up,
+            "the server got other bytes than the client sent"
+        );
+        assert!(
+            at_client == down,
+            "the client got other bytes than the server sent"
+        );
+        assert_eq!(activity.bytes(), (8 << 20, 3 << 20));
+        let spare_after = PIPES.with(|pipes| pipes.borrow().len());
+        assert!(
+            spare_after > spare_before,
+            "no pipe was given back ({spare_before} spare before, {spare_after} after)"
+        );
+    }
+
     /// A writer that fails ends the relay with its error.
     #[tokio::test]
     async fn a_failing_writer_ends_the_relay_with_its_error() {
         let stats = Stats::default();
         let activity = Activity::new(&stats);
-        let (mut client, mut a) = duplex(4096);
-        let (mut b, server) = duplex(4096);
+        let (mut client, a) = duplex(4096);
+        let mut a = Opaque(a);
+        let (b, server) = duplex(4096);
+        let mut b = Opaque(b);
         drop(server);
         client.write_all(b"to nobody").await.unwrap();
-        let err = relay(&mut a, &mut b, &activity, Vec::new())
-            .await
-            .unwrap_err();
+        let err = relay(
+            &mut Opaque(&mut a),
+            &mut Opaque(&mut b),
+            &activity,
+            Vec::new(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
     }
 }

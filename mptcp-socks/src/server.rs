@@ -22,7 +22,7 @@ use crate::guard::{
 use crate::learned::Learned;
 use crate::policy_handle::PolicyHandle;
 use crate::registry::{Connection, Connections};
-use crate::relay::{self, Activity, SUBFLOW_SAMPLE, SubflowsSeen, idle_for};
+use crate::relay::{self, Activity, Opaque, SUBFLOW_SAMPLE, SubflowsSeen, TcpSide, idle_for};
 use crate::resolve::NameResolver;
 use crate::socks5::{self, Command, Reply, TargetAddr};
 use crate::stats::Stats;
@@ -195,7 +195,7 @@ impl Server {
     {
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
         if let Some(slot) = self.shared.admit(client) {
-            handle_client(&self.shared, stream, client, None, slot).await;
+            handle_client(&self.shared, Opaque(stream), client, None, slot).await;
         }
     }
 }
@@ -363,7 +363,7 @@ async fn handle_client<S>(
     pac: Option<SocketAddr>,
     _slot: Slot,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + TcpSide + Unpin + Send,
 {
     let _active = shared.stats.accepted();
     if let Err(err) = serve_client(shared, stream, client, pac).await {
@@ -401,7 +401,7 @@ async fn serve_client<S>(
     pac: Option<SocketAddr>,
 ) -> Result<(), Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + TcpSide + Unpin + Send,
 {
     // The handshake and the connect step (names resolved, TLS to an upstream) hold several
     // KiB of state: on the heap only while they run, so that a relaying connection's task
@@ -503,7 +503,7 @@ async fn relay<S>(
     request: Connected,
 ) -> Result<(), Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + TcpSide + Unpin + Send,
 {
     let Connected {
         target: target_addr,

@@ -5,12 +5,14 @@
 
 mod host;
 mod info;
+mod pipe;
 
 pub use host::{
     address_interfaces, effective_uid, fd_limit, interface_name, local_address_up, local_addresses,
     raise_fd_limit, release_free_memory, set_fd_limit,
 };
 pub use info::{MptcpInfo, SubflowInfo, is_mptcp, mptcp_info, subflows};
+pub use pipe::Pipe;
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
