@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -168,13 +168,29 @@ const CHUNK: usize = 64 * 1024;
 /// Pipes kept per thread for the next burst of a spliced relay.
 const SPARE_PIPES: usize = 4;
 
+/// Pipes open at most (in use and spare): splicing stays within the descriptors a daemon
+/// keeps beside its connections' two each. A burst that finds none is copied.
+const MAX_PIPES: usize = 64;
+
+static OPEN_PIPES: AtomicUsize = AtomicUsize::new(0);
+
+/// A pipe counted in [`OPEN_PIPES`] while it is open.
+#[derive(Debug)]
+struct CountedPipe(Pipe);
+
+impl Drop for CountedPipe {
+    fn drop(&mut self) {
+        OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 thread_local! {
     /// Where a relay reads a chunk and writes it on at once: one buffer per thread, not
     /// two per connection. A connection holds memory of its own only for bytes its
     /// receiver could not take yet ([`Direction::backlog`]).
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; CHUNK].into_boxed_slice());
     /// Pipes for splicing, not in use: a connection holds one only while it moves data.
-    static PIPES: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+    static PIPES: RefCell<Vec<CountedPipe>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A side of a relay that may be a plain TCP (or MPTCP) socket: between two of those the
@@ -244,14 +260,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Opaque<S> {
     }
 }
 
-fn take_pipe() -> Option<Pipe> {
-    PIPES
-        .with(|pipes| pipes.try_borrow_mut().ok()?.pop())
-        .or_else(|| Pipe::new().ok())
+/// A spare pipe, or a new one if fewer than [`MAX_PIPES`] are open.
+fn take_pipe() -> Option<CountedPipe> {
+    if let Some(pipe) = PIPES.with(|pipes| pipes.try_borrow_mut().ok()?.pop()) {
+        return Some(pipe);
+    }
+    if OPEN_PIPES.fetch_add(1, Ordering::Relaxed) >= MAX_PIPES {
+        OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    match Pipe::new() {
+        Ok(pipe) => Some(CountedPipe(pipe)),
+        Err(_) => {
+            OPEN_PIPES.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// Keeps an empty pipe for the next burst, up to [`SPARE_PIPES`]; closes it otherwise.
-fn put_pipe(pipe: Pipe) {
+fn put_pipe(pipe: CountedPipe) {
     PIPES.with(|pipes| {
         if let Ok(mut pipes) = pipes.try_borrow_mut()
             && pipes.len() < SPARE_PIPES
@@ -310,7 +338,7 @@ struct Direction {
     /// Whether to splice (until both sides turn out to be sockets that can).
     splice: bool,
     /// The pipe being spliced through, while a burst lasts, and how much is in it.
-    pipe: Option<Pipe>,
+    pipe: Option<CountedPipe>,
     in_pipe: usize,
     state: State,
 }
@@ -329,8 +357,10 @@ enum Burst {
     Idle,
     /// The reader ended.
     End,
-    /// These sockets cannot be spliced (or no pipe can be had): copy instead.
+    /// These sockets cannot be spliced: copy instead.
     Unsupported,
+    /// No pipe to be had now: copy this burst.
+    NoPipe,
 }
 
 /// What a read of one chunk came to.
@@ -403,6 +433,7 @@ impl Direction {
                                 continue;
                             }
                             Burst::Unsupported => self.splice = false,
+                            Burst::NoPipe => {}
                         }
                     }
                     _ => self.splice = false,
@@ -442,9 +473,9 @@ impl Direction {
     ) -> Poll<io::Result<Burst>> {
         loop {
             let Some(pipe) = self.pipe.take().or_else(take_pipe) else {
-                return Poll::Ready(Ok(Burst::Unsupported));
+                return Poll::Ready(Ok(Burst::NoPipe));
             };
-            let pipe = self.pipe.insert(pipe);
+            let pipe = &self.pipe.insert(pipe).0;
             if self.in_pipe > 0 {
                 ready!(to.poll_write_ready(cx))?;
                 match to.try_io(Interest::WRITABLE, || pipe.drain_to(to, self.in_pipe)) {
