@@ -107,6 +107,13 @@ struct Synced {
     text: Option<FileText>,
 }
 
+impl Synced {
+    /// Whether `policy` is the policy the file holds (the very one, not an equal one).
+    fn holds(&self, policy: &Arc<Policy>) -> bool {
+        std::ptr::eq(self.policy.as_ptr(), Arc::as_ptr(policy))
+    }
+}
+
 /// One change the API asks for.
 enum Change {
     /// Create or replace the rule for its destination.
@@ -227,11 +234,9 @@ impl RuleStore {
         );
         warn_unavailable(&inner.path, &loaded, &inner.kernel.get());
         inner.policy.store(loaded);
-        *lock(&inner.synced) = identity.map(|identity| Synced {
-            identity,
-            policy: Arc::downgrade(&inner.policy.load()),
-            text: None,
-        });
+        if let Some(identity) = identity {
+            inner.synced_with(identity, None);
+        }
         Ok(RuleStore {
             inner: Arc::new(inner),
         })
@@ -353,10 +358,7 @@ impl Inner {
         // `from`: the identity of the file that holds `next` as it is now, if any.
         let (mut next, mut text, from) = match synced {
             // Still the file we wrote or read, and what it holds is in force.
-            Some(synced)
-                if identity == Some(synced.identity)
-                    && std::ptr::eq(synced.policy.as_ptr(), Arc::as_ptr(&in_force)) =>
-            {
+            Some(synced) if identity == Some(synced.identity) && synced.holds(&in_force) => {
                 let text = synced.text.unwrap_or_else(|| FileText::of(&in_force));
                 (Policy::clone(&in_force), text, identity)
             }
@@ -396,13 +398,21 @@ impl Inner {
             }
             from
         };
-        *lock(&self.synced) = from.map(|identity| Synced {
-            identity,
-            policy: Arc::downgrade(&self.policy.load()),
-            text: Some(text),
-        });
+        if let Some(from) = from {
+            self.synced_with(from, Some(text));
+        }
         self.clear_reload_error();
         Ok(result)
+    }
+
+    /// Remembers that the file with `identity` holds the policy in force now, and `text`,
+    /// if given, is that policy in the file's form.
+    fn synced_with(&self, identity: Identity, text: Option<FileText>) {
+        *lock(&self.synced) = Some(Synced {
+            identity,
+            policy: Arc::downgrade(&self.policy.load()),
+            text,
+        });
     }
 
     /// The policy the file holds now, for a change to start from (a hand edit the watcher
@@ -452,14 +462,14 @@ impl Inner {
         {
             return Ok(Reloaded::Unchanged);
         }
-        let outcome = match self.read_policy(&resolved, true) {
+        let (outcome, identity) = match self.read_policy(&resolved, true) {
             // An editor writing in place truncates first: a zero-byte file is a write
             // in progress, not "no rules" (the writer always ends a file with '.').
             Ok(Some((_, text, _))) if text.is_empty() => {
                 tracing::debug!(path = %self.path.display(), "rule file is empty; waiting for its content");
                 return Ok(Reloaded::Unchanged);
             }
-            Ok(Some((Ok(on_disk), _, _))) => on_disk,
+            Ok(Some((Ok(on_disk), _, identity))) => (on_disk, identity),
             Ok(Some((Err(source), _, _))) => {
                 let err = StoreError::Parse {
                     path: self.path.clone(),
@@ -481,11 +491,19 @@ impl Inner {
             }
         };
         self.clear_reload_error();
-        if outcome == *self.policy.load() {
+        // The next API change starts from what was read here, without reading it again.
+        let in_force = self.policy.load();
+        if outcome == *in_force {
+            let text = lock(&self.synced)
+                .take()
+                .filter(|synced| synced.holds(&in_force))
+                .and_then(|synced| synced.text);
+            self.synced_with(identity, text);
             return Ok(Reloaded::Unchanged);
         }
         let rules = outcome.rules().len();
         self.policy.store(outcome);
+        self.synced_with(identity, None);
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.path.display(), rules, "reloaded rule file");
         warn_unavailable(&self.path, &self.policy.load(), &self.kernel.get());

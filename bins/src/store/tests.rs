@@ -720,14 +720,32 @@ async fn a_reloaded_hand_edit_is_the_base_of_the_next_api_change() {
         store.reload().await.expect("reload"),
         Reloaded::Changed { rules: 1 }
     );
+    let reads = store.reads();
     store
         .upsert(rule("198.51.100.8,0,default,default,"))
         .await
         .expect("change");
     assert_eq!(
+        store.reads(),
+        reads,
+        "what the reload read is not read again"
+    );
+    assert_eq!(
         fs::read_to_string(&path).expect("read"),
         "198.51.100.7,1,default,default,\n198.51.100.8,0,default,default,\n.\n"
     );
+
+    // A broken edit the reload refused still refuses the next change.
+    let broken = "198.51.100.7,1,default,default,\n198.51.100.8,0,default,\n.\n";
+    fs::write(&path, broken).expect("edit");
+    store.reload().await.expect_err("broken");
+    let err = store
+        .remove(&"198.51.100.7".parse().expect("destination"))
+        .await
+        .expect_err("not written over");
+    assert!(matches!(err, StoreError::BrokenOnDisk { .. }), "{err}");
+    assert_eq!(fs::read_to_string(&path).expect("read"), broken);
+    assert_eq!(store.policy().len(), 2);
 }
 
 #[test]
