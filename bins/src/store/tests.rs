@@ -735,6 +735,27 @@ async fn a_reloaded_hand_edit_is_the_base_of_the_next_api_change() {
         "198.51.100.7,1,default,default,\n198.51.100.8,0,default,default,\n.\n"
     );
 
+    // Touched, not changed: the reload reads it, and the next change does not.
+    let file = fs::File::options().append(true).open(&path).expect("open");
+    file.set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .expect("touch");
+    drop(file);
+    assert_eq!(store.reload().await.expect("reload"), Reloaded::Unchanged);
+    let reads = store.reads();
+    store
+        .remove(&"198.51.100.8".parse().expect("destination"))
+        .await
+        .expect("change");
+    assert_eq!(store.reads(), reads);
+    assert_eq!(
+        fs::read_to_string(&path).expect("read"),
+        "198.51.100.7,1,default,default,\n.\n"
+    );
+    store
+        .upsert(rule("198.51.100.8,0,default,default,"))
+        .await
+        .expect("change");
+
     // A broken edit the reload refused still refuses the next change.
     let broken = "198.51.100.7,1,default,default,\n198.51.100.8,0,default,\n.\n";
     fs::write(&path, broken).expect("edit");
