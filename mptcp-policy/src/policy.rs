@@ -73,42 +73,129 @@ struct Index {
 impl Index {
     fn build(rules: &[Rule]) -> Index {
         let mut index = Index::default();
-        let mut by_len: HashMap<(bool, u8), HashMap<IpAddr, usize>> = HashMap::new();
         for (i, rule) in rules.iter().enumerate() {
-            match &rule.destination {
-                Destination::Addr(a) => {
-                    index.addrs.insert(a.to_canonical(), i);
+            index.insert(&rule.destination, i);
+        }
+        index
+    }
+
+    /// Points `destination` at rule `i`. Two destinations share an entry only when they
+    /// are one IPv4 address and its IPv4-mapped IPv6 form; then the later rule in the
+    /// file has it, as rules are inserted in file order.
+    fn insert(&mut self, destination: &Destination, i: usize) {
+        match destination {
+            Destination::Addr(a) => {
+                self.addrs.insert(a.to_canonical(), i);
+            }
+            Destination::Prefix(p) => {
+                let list = self.prefixes_mut(p.addr());
+                // Longest first.
+                let at = list.partition_point(|(len, _)| *len > p.len());
+                if list.get(at).is_none_or(|(len, _)| *len != p.len()) {
+                    list.insert(at, (p.len(), HashMap::new()));
                 }
-                Destination::Prefix(p) => {
-                    by_len
-                        .entry((p.addr().is_ipv4(), p.len()))
-                        .or_default()
-                        .insert(p.addr(), i);
-                }
-                Destination::Name(n) => {
-                    index.names.insert(n.as_str().to_owned(), i);
-                }
-                Destination::Wildcard(n) => {
-                    index.wildcards.insert(n.as_str().to_owned(), i);
-                }
-                Destination::Any => index.any = Some(i),
+                list[at].1.insert(p.addr(), i);
+            }
+            Destination::Name(n) => {
+                self.names.insert(n.as_str().to_owned(), i);
+            }
+            Destination::Wildcard(n) => {
+                self.wildcards.insert(n.as_str().to_owned(), i);
+            }
+            Destination::Any => self.any = Some(i),
+        }
+    }
+
+    /// The rule the entry of `destination` points at: that destination's rule, or for an
+    /// address possibly its IPv4/IPv4-mapped twin (see [`Index::insert`]).
+    fn get(&self, destination: &Destination) -> Option<usize> {
+        match destination {
+            Destination::Addr(a) => self.addrs.get(&a.to_canonical()).copied(),
+            Destination::Prefix(p) => self
+                .prefixes(p.addr())
+                .iter()
+                .find(|(len, _)| *len == p.len())
+                .and_then(|(_, networks)| networks.get(&p.addr()).copied()),
+            Destination::Name(n) => self.names.get(n.as_str()).copied(),
+            Destination::Wildcard(n) => self.wildcards.get(n.as_str()).copied(),
+            Destination::Any => self.any,
+        }
+    }
+
+    /// Rule `i` (for `destination`) has been taken out of `rules` (the rules left): drops
+    /// its entry, hands the entry to an address twin if one is left, and moves every
+    /// later rule's entry down by one.
+    fn remove(&mut self, destination: &Destination, i: usize, rules: &[Rule]) {
+        let held = self.get(destination) == Some(i);
+        for at in self.positions_mut() {
+            if *at > i {
+                *at -= 1;
             }
         }
-        for ((v4, len), networks) in by_len {
-            let list = if v4 {
-                &mut index.prefixes_v4
-            } else {
-                &mut index.prefixes_v6
-            };
-            list.push((len, networks));
+        if !held {
+            return;
         }
-        index
-            .prefixes_v4
-            .sort_by_key(|(len, _)| std::cmp::Reverse(*len));
-        index
-            .prefixes_v6
-            .sort_by_key(|(len, _)| std::cmp::Reverse(*len));
-        index
+        match destination {
+            Destination::Addr(a) => {
+                let key = a.to_canonical();
+                self.addrs.remove(&key);
+                // The last twin left takes the entry, as a rebuild would give it.
+                let twin = rules.iter().rposition(|rule| {
+                    matches!(rule.destination, Destination::Addr(b) if b.to_canonical() == key)
+                });
+                if let Some(twin) = twin {
+                    self.addrs.insert(key, twin);
+                }
+            }
+            Destination::Prefix(p) => {
+                let list = self.prefixes_mut(p.addr());
+                if let Some(at) = list.iter().position(|(len, _)| *len == p.len()) {
+                    list[at].1.remove(&p.addr());
+                    if list[at].1.is_empty() {
+                        list.remove(at);
+                    }
+                }
+            }
+            Destination::Name(n) => {
+                self.names.remove(n.as_str());
+            }
+            Destination::Wildcard(n) => {
+                self.wildcards.remove(n.as_str());
+            }
+            Destination::Any => self.any = None,
+        }
+    }
+
+    /// The prefix rules of `network`'s address family.
+    fn prefixes(&self, network: IpAddr) -> &[(u8, HashMap<IpAddr, usize>)] {
+        if network.is_ipv4() {
+            &self.prefixes_v4
+        } else {
+            &self.prefixes_v6
+        }
+    }
+
+    fn prefixes_mut(&mut self, network: IpAddr) -> &mut Vec<(u8, HashMap<IpAddr, usize>)> {
+        if network.is_ipv4() {
+            &mut self.prefixes_v4
+        } else {
+            &mut self.prefixes_v6
+        }
+    }
+
+    /// Every rule position the index holds.
+    fn positions_mut(&mut self) -> impl Iterator<Item = &mut usize> {
+        self.addrs
+            .values_mut()
+            .chain(
+                self.prefixes_v4
+                    .iter_mut()
+                    .chain(self.prefixes_v6.iter_mut())
+                    .flat_map(|(_, networks)| networks.values_mut()),
+            )
+            .chain(self.names.values_mut())
+            .chain(self.wildcards.values_mut())
+            .chain(self.any.as_mut())
     }
 }
 
@@ -229,36 +316,50 @@ impl Policy {
         self.position(destination).map(|i| &self.rules[i])
     }
 
-    fn position(&self, destination: &Destination) -> Option<usize> {
-        self.rules
-            .iter()
-            .position(|r| &r.destination == destination)
+    /// Where the rule for exactly this destination is in [`Policy::rules`] (file order),
+    /// if there is one. A few hash probes, as for [`Policy::lookup`].
+    pub fn position(&self, destination: &Destination) -> Option<usize> {
+        match self.index.get(destination) {
+            Some(i) if self.rules[i].destination == *destination => Some(i),
+            // The entry is an address twin's (or none): this destination, if present,
+            // is not the last of its twins.
+            Some(_) if matches!(destination, Destination::Addr(_)) => self
+                .rules
+                .iter()
+                .position(|r| &r.destination == destination),
+            _ => None,
+        }
     }
 
-    /// Adds a rule, or replaces the rule for the same destination in place. Returns the
-    /// rule it replaced. The rule has no line (see [`Policy::rules_with_lines`]).
+    /// Adds a rule at the end, or replaces the rule for the same destination in place.
+    /// Returns the rule it replaced. The rule has no line (see
+    /// [`Policy::rules_with_lines`]).
+    ///
+    /// Costs a few hash probes whatever the number of rules (the index is updated, not
+    /// rebuilt), so that one change to a large policy stays cheap.
     pub fn upsert(&mut self, rule: Rule) -> Option<Rule> {
-        let old = match self.position(&rule.destination) {
+        match self.position(&rule.destination) {
             Some(i) => {
+                // Same destination, same index entry.
                 self.lines[i] = None;
                 Some(std::mem::replace(&mut self.rules[i], rule))
             }
             None => {
+                self.index.insert(&rule.destination, self.rules.len());
                 self.rules.push(rule);
                 self.lines.push(None);
                 None
             }
-        };
-        self.index = Index::build(&self.rules);
-        old
+        }
     }
 
-    /// Removes the rule for this destination and returns it.
+    /// Removes the rule for this destination and returns it. The rules after it move up
+    /// by one: this costs a pass over the rules, but no rebuild of the index.
     pub fn remove(&mut self, destination: &Destination) -> Option<Rule> {
         let i = self.position(destination)?;
         let old = self.rules.remove(i);
         self.lines.remove(i);
-        self.index = Index::build(&self.rules);
+        self.index.remove(&old.destination, i, &self.rules);
         Some(old)
     }
 
@@ -388,12 +489,8 @@ impl Policy {
         if let Some(&i) = self.index.addrs.get(&addr) {
             return Some(i);
         }
-        let prefixes = if addr.is_ipv4() {
-            &self.index.prefixes_v4
-        } else {
-            &self.index.prefixes_v6
-        };
-        prefixes
+        self.index
+            .prefixes(addr)
             .iter()
             .find_map(|(len, networks)| networks.get(&mask(addr, *len)).copied())
     }

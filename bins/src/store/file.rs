@@ -1,9 +1,12 @@
 //! The rule file on disk: its caps, what tells one version from another, bounded reads
 //! and the atomic write.
 
+use std::fmt::Write as _;
 use std::fs::{self, File, Metadata, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use mptcp_policy::{Policy, Rule};
 
 use super::strict::Resolved;
 
@@ -63,6 +66,77 @@ impl Identity {
             ctime: (meta.ctime(), meta.ctime_nsec()),
         }
     }
+}
+
+/// A policy in the file's form (what `Policy`'s `Display` prints: one line per rule and
+/// a final `.` line), kept in step with the policy one rule at a time, so that a change
+/// to one rule of a large file does not format every rule again.
+#[derive(Debug, Clone)]
+pub(super) struct FileText {
+    text: String,
+    /// For each rule, where its line (newline included) ends in `text`.
+    ends: Vec<usize>,
+}
+
+impl FileText {
+    pub(super) fn of(policy: &Policy) -> FileText {
+        let mut text = String::new();
+        let mut ends = Vec::with_capacity(policy.len());
+        for rule in policy.rules() {
+            push_line(&mut text, rule);
+            ends.push(text.len());
+        }
+        text.push_str(".\n");
+        FileText { text, ends }
+    }
+
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        self.text.as_bytes()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Rule `i` is now `rule`. `i` must be a rule's position.
+    pub(super) fn replace(&mut self, i: usize, rule: &Rule) {
+        let mut line = String::new();
+        push_line(&mut line, rule);
+        let (start, end) = (self.start(i), self.ends[i]);
+        self.text.replace_range(start..end, &line);
+        let new_end = start + line.len();
+        for later in &mut self.ends[i..] {
+            *later = *later - end + new_end;
+        }
+    }
+
+    /// `rule` is added after the last rule.
+    pub(super) fn push(&mut self, rule: &Rule) {
+        let start = self.ends.last().copied().unwrap_or(0);
+        let mut line = String::new();
+        push_line(&mut line, rule);
+        self.text.insert_str(start, &line);
+        self.ends.push(start + line.len());
+    }
+
+    /// Rule `i` is gone; the rules after it move up. `i` must be a rule's position.
+    pub(super) fn remove(&mut self, i: usize) {
+        let (start, end) = (self.start(i), self.ends[i]);
+        self.text.replace_range(start..end, "");
+        self.ends.remove(i);
+        for later in &mut self.ends[i..] {
+            *later -= end - start;
+        }
+    }
+
+    fn start(&self, i: usize) -> usize {
+        i.checked_sub(1).map_or(0, |before| self.ends[before])
+    }
+}
+
+fn push_line(text: &mut String, rule: &Rule) {
+    // Writing to a String cannot fail.
+    let _ = writeln!(text, "{rule}");
 }
 
 /// Reads `reader` to its end, but never more than `limit + 1` bytes: one more than

@@ -10,6 +10,13 @@
 //! open, on every reload and before every write, the way to it is checked, and a file
 //! that someone other than root and the daemon's user could change is neither read nor
 //! written. Its size and rule count are capped.
+//!
+//! A change through the API costs little more than writing the file, whatever the number
+//! of rules: the store remembers the file as it last wrote (or read) it, with the policy
+//! that file holds and its text. While the file's [`Identity`] on disk is still that one,
+//! a change starts from what is in force and edits the remembered text one line at a
+//! time; once anything else has touched the file (an editor, a script), the file is read
+//! and parsed again first, so a hand edit is never written over unseen.
 
 mod error;
 mod file;
@@ -20,14 +27,14 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mptcp_policy::{Destination, KernelSupport, Limitation, PmMode, Policy, Rule, limitations};
 use mptcp_socks::PolicyHandle;
 
 pub use self::error::{ReloadError, Reloaded, StoreError};
-use self::file::{Identity, Limits, position, read_bounded, write_atomically};
+use self::file::{FileText, Identity, Limits, position, read_bounded, write_atomically};
 use self::strict::{Refusal, Resolved};
 use crate::host::KernelProbe;
 
@@ -70,8 +77,12 @@ struct Inner {
     /// and writes from an edit, and reading the file wakes it, so without this every
     /// reload would cause the next, and a broken file would be reported again and again.
     last_read: Mutex<Option<Identity>>,
+    /// The file as we last wrote it, or read it and put it in force: what lets a change
+    /// skip reading the file again. Only touched under `write_lock`; `None` until then, or
+    /// when a change failed half-way.
+    synced: Mutex<Option<Synced>>,
     /// How many times the file's content was read: shows (to tests, say) that the watcher
-    /// settles after a change.
+    /// settles after a change, and that an API change does not read the file it wrote.
     reads: AtomicU64,
     /// Reloads that put a changed file in force, reloads refused, and changes written
     /// for the API: for `/metrics`.
@@ -80,6 +91,63 @@ struct Inner {
     writes: AtomicU64,
     /// The caps on size and rule count.
     limits: Limits,
+}
+
+/// What the store knows the rule file holds.
+struct Synced {
+    /// The file's identity when we wrote it, or read it and put what it holds in force.
+    /// Anything else that touches the file changes it (see [`Identity`]).
+    identity: Identity,
+    /// The policy that file holds: the very one published then (a policy put in force
+    /// since, by a reload, is another one). Weak, so as not to keep a replaced policy
+    /// alive; its allocation is not reused while this points at it, so comparing the
+    /// pointer with the one in force is sound.
+    policy: Weak<Policy>,
+    /// That policy in the file's form; `None` until the first change after a load.
+    text: Option<FileText>,
+}
+
+impl Synced {
+    /// Whether `policy` is the policy the file holds (the very one, not an equal one).
+    fn holds(&self, policy: &Arc<Policy>) -> bool {
+        std::ptr::eq(self.policy.as_ptr(), Arc::as_ptr(policy))
+    }
+}
+
+/// One change the API asks for.
+enum Change {
+    /// Create or replace the rule for its destination.
+    Upsert(Rule),
+    /// Remove the rule for this destination.
+    Remove(Destination),
+}
+
+impl Change {
+    /// Applies the change to `policy` and to `text`, the same policy in the file's form.
+    /// Returns the rule replaced or removed (for an upsert that changes nothing, the rule
+    /// itself), and whether anything changed.
+    fn apply(self, policy: &mut Policy, text: &mut FileText) -> (Option<Rule>, bool) {
+        match self {
+            Change::Upsert(rule) => match policy.position(&rule.destination) {
+                Some(i) if policy.rules()[i] == rule => (Some(rule), false),
+                Some(i) => {
+                    text.replace(i, &rule);
+                    (policy.upsert(rule), true)
+                }
+                None => {
+                    text.push(&rule);
+                    (policy.upsert(rule), true)
+                }
+            },
+            Change::Remove(destination) => match policy.position(&destination) {
+                Some(i) => {
+                    text.remove(i);
+                    (policy.remove(&destination), true)
+                }
+                None => (None, false),
+            },
+        }
+    }
 }
 
 impl fmt::Debug for RuleStore {
@@ -141,6 +209,7 @@ impl RuleStore {
             kernel,
             euid,
             last_read: Mutex::new(None),
+            synced: Mutex::new(None),
             reads: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_errors: AtomicU64::new(0),
@@ -148,15 +217,15 @@ impl RuleStore {
             limits,
         };
         let resolved = inner.resolve()?;
-        let loaded = match inner.read_policy(&resolved, true)? {
-            Some((Ok(loaded), _)) => loaded,
-            Some((Err(source), _)) => {
+        let (loaded, identity) = match inner.read_policy(&resolved, true)? {
+            Some((Ok(loaded), _, identity)) => (loaded, Some(identity)),
+            Some((Err(source), _, _)) => {
                 return Err(StoreError::Parse {
                     path: inner.path,
                     source,
                 });
             }
-            None => Policy::default(),
+            None => (Policy::default(), None),
         };
         tracing::info!(
             path = %inner.path.display(),
@@ -165,6 +234,9 @@ impl RuleStore {
         );
         warn_unavailable(&inner.path, &loaded, &inner.kernel.get());
         inner.policy.store(loaded);
+        if let Some(identity) = identity {
+            inner.synced_with(identity, None);
+        }
         Ok(RuleStore {
             inner: Arc::new(inner),
         })
@@ -180,9 +252,9 @@ impl RuleStore {
         self.inner.resolve().ok().map(|resolved| resolved.target)
     }
 
-    /// How many times the rule file's content has been read (on open, on reloads that
-    /// found a changed file, before API changes). A reload that finds the file last read
-    /// only looks at its metadata.
+    /// How many times the rule file's content has been read (on open, on reloads and API
+    /// changes that found a file changed since it was last read or written). A reload or
+    /// a change that finds the file last read or written only looks at its metadata.
     pub fn reads(&self) -> u64 {
         self.inner.reads.load(Ordering::Relaxed)
     }
@@ -230,13 +302,7 @@ impl RuleStore {
     /// [`StoreError::TooManyRules`] if the file is beyond the caps or the change would
     /// take it there, [`StoreError::NotUtf8`] if it is not text.
     pub async fn upsert(&self, rule: Rule) -> Result<Option<Rule>, StoreError> {
-        self.modify(move |policy| {
-            if policy.get(&rule.destination) == Some(&rule) {
-                return (Some(rule), false);
-            }
-            (policy.upsert(rule), true)
-        })
-        .await
+        self.modify(Change::Upsert(rule)).await
     }
 
     /// Removes the rule for `destination`; returns it, or `None` if there was none (then
@@ -246,13 +312,7 @@ impl RuleStore {
     ///
     /// As for [`RuleStore::upsert`].
     pub async fn remove(&self, destination: &Destination) -> Result<Option<Rule>, StoreError> {
-        let destination = destination.clone();
-        self.modify(move |policy| {
-            let removed = policy.remove(&destination);
-            let changed = removed.is_some();
-            (removed, changed)
-        })
-        .await
+        self.modify(Change::Remove(destination.clone())).await
     }
 
     /// Reads the rule file again and puts it in force if it parses. A broken file is
@@ -279,13 +339,7 @@ impl RuleStore {
     /// The one read-modify-write path: under the lock, start from what is on disk (so a
     /// hand edit the watcher has not picked up yet is not overwritten), apply `change`,
     /// write the file, and only then publish the new policy.
-    async fn modify<T>(
-        &self,
-        change: impl FnOnce(&mut Policy) -> (T, bool) + Send + 'static,
-    ) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-    {
+    async fn modify(&self, change: Change) -> Result<Option<Rule>, StoreError> {
         let _guard = self.inner.write_lock.lock().await;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.modify_locked(change))
@@ -295,16 +349,84 @@ impl RuleStore {
 }
 
 impl Inner {
-    fn modify_locked<T>(
-        &self,
-        change: impl FnOnce(&mut Policy) -> (T, bool),
-    ) -> Result<T, StoreError> {
+    fn modify_locked(&self, change: Change) -> Result<Option<Rule>, StoreError> {
         let resolved = self.resolve()?;
         let in_force = self.policy.load();
+        let identity = resolved.meta.as_ref().map(Identity::of);
+        // Taken: after a failure below, the next change reads the file again.
+        let synced = lock(&self.synced).take();
+        // `from`: the identity of the file that holds `next` as it is now, if any.
+        let (mut next, mut text, from) = match synced {
+            // Still the file we wrote or read, and what it holds is in force.
+            Some(synced) if identity == Some(synced.identity) && synced.holds(&in_force) => {
+                let text = synced.text.unwrap_or_else(|| FileText::of(&in_force));
+                (Policy::clone(&in_force), text, identity)
+            }
+            _ => self.read_for_change(&resolved, &in_force)?,
+        };
+        let (result, changed) = change.apply(&mut next, &mut text);
+        let from = if changed {
+            // Never write what the next load would refuse.
+            if next.len() > self.limits.max_rules {
+                return Err(StoreError::TooManyRules {
+                    path: self.path.clone(),
+                    rules: next.len(),
+                    limit: self.limits.max_rules,
+                });
+            }
+            if text.len() as u64 > self.limits.max_bytes {
+                return Err(StoreError::TooLarge {
+                    path: self.path.clone(),
+                    limit: self.limits.max_bytes,
+                });
+            }
+            let written = write_atomically(&resolved, text.as_bytes()).map_err(|source| {
+                StoreError::Write {
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+            // What is on disk now is what is in force: the reload our write triggers
+            // has nothing to read.
+            *lock(&self.last_read) = Some(written);
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            self.policy.store(next);
+            Some(written)
+        } else {
+            if next != *in_force {
+                self.policy.store(next);
+            }
+            from
+        };
+        if let Some(from) = from {
+            self.synced_with(from, Some(text));
+        }
+        self.clear_reload_error();
+        Ok(result)
+    }
+
+    /// Remembers that the file with `identity` holds the policy in force now, and `text`,
+    /// if given, is that policy in the file's form.
+    fn synced_with(&self, identity: Identity, text: Option<FileText>) {
+        *lock(&self.synced) = Some(Synced {
+            identity,
+            policy: Arc::downgrade(&self.policy.load()),
+            text,
+        });
+    }
+
+    /// The policy the file holds now, for a change to start from (a hand edit the watcher
+    /// has not picked up yet included), in the file's form, and the identity of the file
+    /// read (`None` if there is none).
+    fn read_for_change(
+        &self,
+        resolved: &Resolved,
+        in_force: &Policy,
+    ) -> Result<(Policy, FileText, Option<Identity>), StoreError> {
         // Not remembered as loaded: a broken edit found here must still be reported by
         // the reload its change triggers.
-        let mut next = match self.read_policy(&resolved, false)? {
-            Some((Ok(on_disk), _)) => {
+        match self.read_policy(resolved, false)? {
+            Some((Ok(on_disk), _, identity)) => {
                 if on_disk != *in_force {
                     tracing::info!(
                         path = %self.path.display(),
@@ -312,51 +434,17 @@ impl Inner {
                     );
                     warn_unavailable(&self.path, &on_disk, &self.kernel.get());
                 }
-                on_disk
+                let text = FileText::of(&on_disk);
+                Ok((on_disk, text, Some(identity)))
             }
-            Some((Err(source), _)) => {
-                return Err(StoreError::BrokenOnDisk {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
+            Some((Err(source), _, _)) => Err(StoreError::BrokenOnDisk {
+                path: self.path.clone(),
+                source,
+            }),
             // Deleted (or never written): what is in force is the truth; writing brings
             // the file back.
-            None => Policy::clone(&in_force),
-        };
-        let (result, changed) = change(&mut next);
-        if changed || next != *in_force {
-            if changed {
-                // Never write what the next load would refuse.
-                if next.len() > self.limits.max_rules {
-                    return Err(StoreError::TooManyRules {
-                        path: self.path.clone(),
-                        rules: next.len(),
-                        limit: self.limits.max_rules,
-                    });
-                }
-                let text = next.to_string();
-                if text.len() as u64 > self.limits.max_bytes {
-                    return Err(StoreError::TooLarge {
-                        path: self.path.clone(),
-                        limit: self.limits.max_bytes,
-                    });
-                }
-                let written = write_atomically(&resolved, text.as_bytes()).map_err(|source| {
-                    StoreError::Write {
-                        path: self.path.clone(),
-                        source,
-                    }
-                })?;
-                // What is on disk now is what is in force: the reload our write triggers
-                // has nothing to read.
-                *lock(&self.last_read) = Some(written);
-                self.writes.fetch_add(1, Ordering::Relaxed);
-            }
-            self.policy.store(next);
+            None => Ok((in_force.clone(), FileText::of(in_force), None)),
         }
-        self.clear_reload_error();
-        Ok(result)
     }
 
     fn reload_locked(&self) -> Result<Reloaded, StoreError> {
@@ -374,15 +462,15 @@ impl Inner {
         {
             return Ok(Reloaded::Unchanged);
         }
-        let outcome = match self.read_policy(&resolved, true) {
+        let (outcome, identity) = match self.read_policy(&resolved, true) {
             // An editor writing in place truncates first: a zero-byte file is a write
             // in progress, not "no rules" (the writer always ends a file with '.').
-            Ok(Some((_, text))) if text.is_empty() => {
+            Ok(Some((_, text, _))) if text.is_empty() => {
                 tracing::debug!(path = %self.path.display(), "rule file is empty; waiting for its content");
                 return Ok(Reloaded::Unchanged);
             }
-            Ok(Some((Ok(on_disk), _))) => on_disk,
-            Ok(Some((Err(source), _))) => {
+            Ok(Some((Ok(on_disk), _, identity))) => (on_disk, identity),
+            Ok(Some((Err(source), _, _))) => {
                 let err = StoreError::Parse {
                     path: self.path.clone(),
                     source,
@@ -403,11 +491,19 @@ impl Inner {
             }
         };
         self.clear_reload_error();
-        if outcome == *self.policy.load() {
+        // The next API change starts from what was read here, without reading it again.
+        let in_force = self.policy.load();
+        if outcome == *in_force {
+            let text = lock(&self.synced)
+                .take()
+                .filter(|synced| synced.holds(&in_force))
+                .and_then(|synced| synced.text);
+            self.synced_with(identity, text);
             return Ok(Reloaded::Unchanged);
         }
         let rules = outcome.rules().len();
         self.policy.store(outcome);
+        self.synced_with(identity, None);
         self.reloads.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %self.path.display(), rules, "reloaded rule file");
         warn_unavailable(&self.path, &self.policy.load(), &self.kernel.get());
@@ -458,9 +554,10 @@ impl Inner {
         })
     }
 
-    /// `Ok(None)` if the file does not exist; otherwise the parse result and the text (a
-    /// leading byte-order mark taken off). `remember`: record what was read as the file
-    /// last loaded (see `last_read`), whatever its content.
+    /// `Ok(None)` if the file does not exist; otherwise the parse result, the text (a
+    /// leading byte-order mark taken off) and the identity of what was read. `remember`:
+    /// record what was read as the file last loaded (see `last_read`), whatever its
+    /// content.
     fn read_policy(
         &self,
         resolved: &Resolved,
@@ -485,8 +582,9 @@ impl Inner {
         // The metadata of what is read, taken before reading: a change made while we
         // read changes it, and the reload that change triggers reads again.
         let meta = file.metadata().map_err(read_error)?;
+        let identity = Identity::of(&meta);
         if remember {
-            *lock(&self.last_read) = Some(Identity::of(&meta));
+            *lock(&self.last_read) = Some(identity);
         }
         let too_large = || StoreError::TooLarge {
             path: self.path.clone(),
@@ -521,7 +619,7 @@ impl Inner {
                 limit: self.limits.max_rules,
             });
         }
-        Ok(Some((parsed, text)))
+        Ok(Some((parsed, text, identity)))
     }
 }
 
@@ -529,8 +627,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// What [`Inner::read_policy`] found: the parse result and the text it came from.
-type OnDisk = (Result<Policy, mptcp_policy::Error>, String);
+/// What [`Inner::read_policy`] found: the parse result, the text it came from and the
+/// identity of the file read.
+type OnDisk = (Result<Policy, mptcp_policy::Error>, String, Identity);
 
 /// The rules of `policy` (as read from the file) that `kernel` cannot carry out, with
 /// their 1-based line numbers: those the REST API would refuse.

@@ -2,7 +2,7 @@ use std::fs::{self, Permissions};
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, lchown, symlink};
 
-use super::file::NEW_FILE_MODE;
+use super::file::{FileText, NEW_FILE_MODE};
 use super::*;
 
 /// An owner nobody on a test host is.
@@ -495,4 +495,314 @@ async fn a_reload_of_the_file_last_read_does_not_read_it_again() {
         Reloaded::Changed { rules: 1 }
     );
     assert!(store.last_reload_error().is_none());
+}
+
+/// Destinations for a long run of API changes: addresses (one with its IPv4-mapped
+/// twin), prefixes, names, a wildcard and the catch-all.
+const EDITED: [&str; 10] = [
+    "192.0.2.1",
+    "::ffff:192.0.2.1",
+    "192.0.2.0/24",
+    "198.51.100.7",
+    "2001:db8::/32",
+    "a.example",
+    "*.example",
+    "b.a.example",
+    "*",
+    "203.0.113.9",
+];
+
+#[tokio::test]
+async fn api_changes_leave_the_file_a_full_read_would_give_without_reading_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rules");
+    fs::write(
+        &path,
+        "# kept until the first write\n203.0.113.9,0,default,default,\na.example,1,default,fullmesh,\n.\n",
+    )
+    .expect("write");
+    let store = open(&path).expect("open");
+    let mut expected: Vec<Rule> = store.policy().rules().to_vec();
+    assert_eq!(store.reads(), 1);
+
+    // A fixed pseudo-random run of upserts and removes (xorshift).
+    let mut state: u32 = 0x9e37_79b9;
+    for step in 0..300 {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        let destination = EDITED[state as usize % EDITED.len()];
+        let settings = [
+            "1,default,default,",
+            "0,default,default,",
+            "1,default,fullmesh,access=deny,",
+        ][(state >> 8) as usize % 3];
+        let rule = rule(&format!("{destination},{settings}"));
+        let at = expected
+            .iter()
+            .position(|r| r.destination == rule.destination);
+        if state.is_multiple_of(3) {
+            let removed = store.remove(&rule.destination).await.expect("remove");
+            assert_eq!(removed, at.map(|i| expected.remove(i)), "step {step}");
+        } else {
+            let replaced = store.upsert(rule.clone()).await.expect("upsert");
+            match at {
+                Some(i) => {
+                    let old = std::mem::replace(&mut expected[i], rule.clone());
+                    // An upsert that changes nothing answers with the rule itself.
+                    assert_eq!(replaced, Some(if old == rule { rule } else { old }));
+                }
+                None => {
+                    assert_eq!(replaced, None, "step {step}");
+                    expected.push(rule);
+                }
+            }
+        }
+        let text = fs::read_to_string(&path).expect("read");
+        let in_force = store.policy();
+        assert_eq!(in_force.rules(), expected.as_slice(), "step {step}");
+        assert_eq!(text, in_force.to_string(), "step {step}");
+    }
+    assert!(store.counts().writes > 100, "{:?}", store.counts());
+    // Every change started from what the store wrote: the file was read once, on open.
+    assert_eq!(store.reads(), 1);
+
+    // What a full read of the file gives: the same rules in the same order, the same
+    // answers.
+    let reread = open(&path).expect("open again").policy();
+    let in_force = store.policy();
+    assert_eq!(*reread, *in_force);
+    for addr in [
+        "192.0.2.1",
+        "::ffff:192.0.2.1",
+        "192.0.2.8",
+        "198.51.100.7",
+        "2001:db8::5",
+    ] {
+        let addr = addr.parse().expect("address");
+        for name in [None, Some("a.example"), Some("c.b.a.example")] {
+            assert_eq!(reread.lookup(name, addr), in_force.lookup(name, addr));
+        }
+    }
+}
+
+/// A store on a file of [`RULES`] to which one API change has been written: the file
+/// is the one the store last wrote.
+async fn written_once() -> (tempfile::TempDir, PathBuf, RuleStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("rules");
+    fs::write(&path, RULES).expect("write");
+    let store = open(&path).expect("open");
+    store
+        .upsert(rule("198.51.100.1,0,default,default,"))
+        .await
+        .expect("first change");
+    (dir, path, store)
+}
+
+#[tokio::test]
+async fn a_hand_edit_between_two_api_changes_is_the_base_of_the_second() {
+    let (dir, path, store) = written_once().await;
+    let reads = store.reads();
+
+    // Saved by rename, as editors do: a new file.
+    let edited = "192.0.2.1,1,default,default,\n198.51.100.1,0,default,default,\n198.51.100.2,1,default,fullmesh,\n.\n";
+    let tmp = dir.path().join("rules.swp");
+    fs::write(&tmp, edited).expect("write");
+    fs::rename(&tmp, &path).expect("rename");
+    store
+        .upsert(rule("198.51.100.3,0,default,default,"))
+        .await
+        .expect("second change");
+    assert_eq!(store.reads(), reads + 1, "the edited file is read");
+    assert_eq!(
+        fs::read_to_string(&path).expect("read"),
+        format!(
+            "{}198.51.100.3,0,default,default,\n.\n",
+            edited.trim_end_matches(".\n")
+        )
+    );
+
+    // Written in place with the same length and the old modification time (as `cp -p`
+    // over it leaves it): same inode, same size, and still seen.
+    let before = fs::read_to_string(&path).expect("read");
+    let edited = before.replace("198.51.100.1,0,", "198.51.100.1,1,");
+    assert_eq!(edited.len(), before.len());
+    let modified = fs::metadata(&path)
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    let ino = fs::metadata(&path).expect("stat").ino();
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open for writing");
+    std::os::unix::fs::FileExt::write_all_at(&file, edited.as_bytes(), 0).expect("write");
+    file.set_modified(modified).expect("set mtime");
+    drop(file);
+    assert_eq!(fs::metadata(&path).expect("stat").ino(), ino);
+    store
+        .remove(&"198.51.100.3".parse().expect("destination"))
+        .await
+        .expect("third change");
+    assert_eq!(store.reads(), reads + 2, "the edit in place is read");
+    let text = fs::read_to_string(&path).expect("read");
+    assert!(text.contains("198.51.100.1,1,default,default,\n"), "{text}");
+    assert!(!text.contains("198.51.100.3"), "{text}");
+    assert_eq!(store.policy().to_string(), text);
+
+    // Deleted: written back from what is in force.
+    fs::remove_file(&path).expect("rm");
+    store
+        .upsert(rule("198.51.100.4,0,default,default,"))
+        .await
+        .expect("fourth change");
+    assert_eq!(store.policy().len(), 4);
+    assert_eq!(
+        fs::read_to_string(&path).expect("read"),
+        store.policy().to_string()
+    );
+
+    // And the next change reads nothing again.
+    let reads = store.reads();
+    store
+        .upsert(rule("198.51.100.5,0,default,default,"))
+        .await
+        .expect("fifth change");
+    assert_eq!(store.reads(), reads);
+}
+
+#[tokio::test]
+async fn a_broken_hand_edit_after_api_changes_refuses_the_next_one_until_fixed() {
+    let (_dir, path, store) = written_once().await;
+    let in_force = store.policy();
+
+    let broken = "192.0.2.1,1,default,default,\n198.51.100.1,0,fast,default,\n.\n";
+    fs::write(&path, broken).expect("edit");
+    let err = store
+        .upsert(rule("198.51.100.2,0,default,default,"))
+        .await
+        .expect_err("a broken file is not written over");
+    assert!(
+        matches!(&err, StoreError::BrokenOnDisk { source, .. } if source.line() == Some(2)),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&path).expect("read"), broken);
+    assert_eq!(*store.policy(), *in_force);
+    // Refused again: the refusal does not make the store take the file as its own.
+    store
+        .remove(&"192.0.2.1".parse().expect("destination"))
+        .await
+        .expect_err("still broken");
+    assert_eq!(fs::read_to_string(&path).expect("read"), broken);
+
+    // Fixed by hand: the fix is the base of the next change.
+    fs::write(
+        &path,
+        "192.0.2.1,1,default,default,\n198.51.100.9,0,default,default,\n.\n",
+    )
+    .expect("fix");
+    store
+        .upsert(rule("198.51.100.2,0,default,default,"))
+        .await
+        .expect("change on the fixed file");
+    assert_eq!(
+        fs::read_to_string(&path).expect("read"),
+        "192.0.2.1,1,default,default,\n198.51.100.9,0,default,default,\n198.51.100.2,0,default,default,\n.\n"
+    );
+}
+
+#[tokio::test]
+async fn a_reloaded_hand_edit_is_the_base_of_the_next_api_change() {
+    let (_dir, path, store) = written_once().await;
+    fs::write(&path, "198.51.100.7,1,default,default,\n.\n").expect("edit");
+    assert_eq!(
+        store.reload().await.expect("reload"),
+        Reloaded::Changed { rules: 1 }
+    );
+    let reads = store.reads();
+    store
+        .upsert(rule("198.51.100.8,0,default,default,"))
+        .await
+        .expect("change");
+    assert_eq!(
+        store.reads(),
+        reads,
+        "what the reload read is not read again"
+    );
+    assert_eq!(
+        fs::read_to_string(&path).expect("read"),
+        "198.51.100.7,1,default,default,\n198.51.100.8,0,default,default,\n.\n"
+    );
+
+    // Touched, not changed: the reload reads it, and the next change does not.
+    let file = fs::File::options().append(true).open(&path).expect("open");
+    file.set_modified(std::time::SystemTime::UNIX_EPOCH)
+        .expect("touch");
+    drop(file);
+    assert_eq!(store.reload().await.expect("reload"), Reloaded::Unchanged);
+    let reads = store.reads();
+    store
+        .remove(&"198.51.100.8".parse().expect("destination"))
+        .await
+        .expect("change");
+    assert_eq!(store.reads(), reads);
+    assert_eq!(
+        fs::read_to_string(&path).expect("read"),
+        "198.51.100.7,1,default,default,\n.\n"
+    );
+    store
+        .upsert(rule("198.51.100.8,0,default,default,"))
+        .await
+        .expect("change");
+
+    // A broken edit the reload refused still refuses the next change.
+    let broken = "198.51.100.7,1,default,default,\n198.51.100.8,0,default,\n.\n";
+    fs::write(&path, broken).expect("edit");
+    store.reload().await.expect_err("broken");
+    let err = store
+        .remove(&"198.51.100.7".parse().expect("destination"))
+        .await
+        .expect_err("not written over");
+    assert!(matches!(err, StoreError::BrokenOnDisk { .. }), "{err}");
+    assert_eq!(fs::read_to_string(&path).expect("read"), broken);
+    assert_eq!(store.policy().len(), 2);
+}
+
+#[test]
+fn file_text_follows_the_policy_one_rule_at_a_time() {
+    let mut policy = Policy::parse(
+        "# a comment\n192.0.2.1,1,default,default,\n\n*.example,0,default,fullmesh,\n.\n",
+    )
+    .expect("parses");
+    let mut text = FileText::of(&policy);
+    assert_eq!(text.as_bytes(), policy.to_string().as_bytes());
+    let edits = [
+        "192.0.2.1,0,redundant,ndiffports:3,access=deny,",
+        "2001:db8::/32,1,default,default,",
+        "*.example,1,default,default,",
+        "*,1,default,default,",
+    ];
+    for line in edits {
+        let rule = rule(line);
+        match policy.position(&rule.destination) {
+            Some(i) => text.replace(i, &rule),
+            None => text.push(&rule),
+        }
+        policy.upsert(rule);
+        assert_eq!(text.as_bytes(), policy.to_string().as_bytes(), "{line}");
+        assert_eq!(text.len(), policy.to_string().len());
+    }
+    for destination in ["*.example", "*", "192.0.2.1", "2001:db8::/32"] {
+        let destination: Destination = destination.parse().expect("destination");
+        let i = policy.position(&destination).expect("present");
+        text.remove(i);
+        policy.remove(&destination);
+        assert_eq!(
+            text.as_bytes(),
+            policy.to_string().as_bytes(),
+            "{destination}"
+        );
+    }
+    assert_eq!(text.as_bytes(), b".\n");
 }
