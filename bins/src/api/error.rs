@@ -71,6 +71,7 @@ impl From<&StoreError> for ErrorKind {
             // The file on disk is in the way (or the change would take it beyond the
             // caps); the operator has to fix it, and the message says how.
             StoreError::BrokenOnDisk { .. }
+            | StoreError::EmptyOnDisk { .. }
             | StoreError::Unsafe { .. }
             | StoreError::TooLarge { .. }
             | StoreError::TooManyRules { .. }

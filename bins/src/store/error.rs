@@ -37,6 +37,18 @@ pub enum StoreError {
         /// The parse error, with line number and text.
         source: mptcp_policy::Error,
     },
+    /// The rule file is empty on disk: an editor writing it in place truncates it first.
+    /// Writing now would put just this change in place of the operator's rules, so the
+    /// change is refused until the file has its content (the store always ends it with
+    /// its `.` line).
+    #[error(
+        "rule file {} is empty on disk, as while an editor writes it; try again once it is written (a file without rules holds just the line \".\")",
+        path.display()
+    )]
+    EmptyOnDisk {
+        /// The rule file.
+        path: PathBuf,
+    },
     /// Writing the new rule file failed; nothing was changed.
     #[error("cannot write rule file {}: {source}", path.display())]
     Write {

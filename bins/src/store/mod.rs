@@ -426,6 +426,10 @@ impl Inner {
         // Not remembered as loaded: a broken edit found here must still be reported by
         // the reload its change triggers.
         match self.read_policy(resolved, false)? {
+            // As for a reload: a write in progress, not "no rules".
+            Some((_, text, _)) if text.is_empty() => Err(StoreError::EmptyOnDisk {
+                path: self.path.clone(),
+            }),
             Some((Ok(on_disk), _, identity)) => {
                 if on_disk != *in_force {
                     tracing::info!(

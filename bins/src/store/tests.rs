@@ -806,3 +806,29 @@ fn file_text_follows_the_policy_one_rule_at_a_time() {
     }
     assert_eq!(text.as_bytes(), b".\n");
 }
+
+#[tokio::test]
+async fn a_file_emptied_by_an_editor_refuses_a_change_rather_than_lose_the_rules() {
+    let (_dir, path, store) = written_once().await;
+    let before = store.policy().len();
+    // An editor writing in place truncates first; a change landing now must not take
+    // the empty file for "no rules" and write back only itself.
+    fs::write(&path, "").expect("truncate");
+    let err = store
+        .upsert(rule("198.51.100.8,0,default,default,"))
+        .await
+        .expect_err("refused while empty");
+    assert!(matches!(err, StoreError::EmptyOnDisk { .. }), "{err}");
+    assert_eq!(fs::read_to_string(&path).expect("read"), "");
+    assert_eq!(store.policy().len(), before);
+    // Once written, the edit is the base of the change.
+    fs::write(&path, "192.0.2.1,1,default,default,\n.\n").expect("edit");
+    store
+        .upsert(rule("198.51.100.8,0,default,default,"))
+        .await
+        .expect("change on the written file");
+    assert_eq!(
+        fs::read_to_string(&path).expect("read"),
+        "192.0.2.1,1,default,default,\n198.51.100.8,0,default,default,\n.\n"
+    );
+}
