@@ -65,7 +65,10 @@ pub(crate) fn daemon_cmd(daemon: &Path, port: u16, policy: &Path, api: &str) -> 
         .args(["--api", api, "--policy"])
         .arg(policy)
         // Every client here is 127.0.0.1 (a chain's upstream sees only its box), and the
-        // memory step holds more than the default per-client cap open.
+        // memory step (1000) and the concurrent step (10 000) hold far more than the
+        // default per-client cap (256) open from it. The total cap (--max-connections)
+        // is left to the daemon, which sizes it from the fd limit it raises for itself:
+        // that is the limit the concurrent step is about.
         .args(["--max-client-connections", "1000000"]);
     cmd
 }
