@@ -10,7 +10,26 @@ pub(crate) fn build_daemon() -> anyhow::Result<PathBuf> {
         .parent()
         .context("benches/ has a parent")?;
     println!("load: cargo build --release -p mptcp-socksd --bin mptcp-socksd");
-    let out = Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    // What `cargo bench` set to describe this crate to it. A build script that reruns
+    // when one changes (ring's, on CARGO_MANIFEST_DIR) would otherwise see a change
+    // from a build in a shell, and rebuild the TLS stack on every run.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&&*name)
+        {
+            cmd.env_remove(&*name);
+        }
+    }
+    let out = cmd
         .current_dir(workspace)
         .args([
             "build",
@@ -46,7 +65,10 @@ pub(crate) fn daemon_cmd(daemon: &Path, port: u16, policy: &Path, api: &str) -> 
         .args(["--api", api, "--policy"])
         .arg(policy)
         // Every client here is 127.0.0.1 (a chain's upstream sees only its box), and the
-        // memory step holds more than the default per-client cap open.
+        // memory step (1000) and the concurrent step (10 000) hold far more than the
+        // default per-client cap (256) open from it. The total cap (--max-connections)
+        // is left to the daemon, which sizes it from the fd limit it raises for itself:
+        // that is the limit the concurrent step is about.
         .args(["--max-client-connections", "1000000"]);
     cmd
 }
@@ -138,6 +160,55 @@ impl Chain {
     pub(crate) fn wait_ready(&self) -> anyhow::Result<()> {
         self.upstream.wait_ready()?;
         self.entry.wait_ready()
+    }
+}
+
+/// shadowsocks-libev, the baseline of "chain+tls": `ss-local` (SOCKS5 in) -> `ss-server`
+/// (aes-256-gcm, a password) -> target, both on loopback as the chain's two daemons are.
+#[derive(Debug)]
+pub(crate) struct Shadowsocks {
+    /// `ss-local`, where the client connects; the route is named after the pair.
+    pub(crate) local: Proxy,
+    pub(crate) server: Proxy,
+}
+
+impl Shadowsocks {
+    pub(crate) const ROUTE: &str = "shadowsocks";
+
+    /// Starts `ss-server`, then `ss-local` pointing at it; `None` (said why) when the
+    /// package is not installed.
+    pub(crate) fn start(dir: &Path) -> anyhow::Result<Option<Shadowsocks>> {
+        let (Some(local), Some(server)) = (which("ss-local"), which("ss-server")) else {
+            println!(
+                "shadowsocks-libev is not installed (apt-get install shadowsocks-libev): \
+                 its column is skipped"
+            );
+            return Ok(None);
+        };
+        // TCP only (no -u), no fast open; --no-delay as the daemon sets TCP_NODELAY, so
+        // small round trips are not held back by Nagle on one side only.
+        let common = ["-k", "load-bench", "-m", "aes-256-gcm", "--no-delay"];
+        let server_port = free_port()?;
+        let mut cmd = Command::new(server);
+        cmd.args(["-s", "127.0.0.1", "-p", &server_port.to_string()])
+            .args(common);
+        let server = Proxy::start("ss-server", cmd, server_port, dir)?;
+        let local_port = free_port()?;
+        let mut cmd = Command::new(local);
+        cmd.args(["-s", "127.0.0.1", "-p", &server_port.to_string()])
+            .args(["-b", "127.0.0.1", "-l", &local_port.to_string()])
+            .args(common);
+        let local = Proxy::start(Self::ROUTE, cmd, local_port, dir)?;
+        Ok(Some(Shadowsocks { local, server }))
+    }
+
+    pub(crate) fn via(&self) -> Via {
+        Via::Socks(Self::ROUTE, self.local.addr)
+    }
+
+    pub(crate) fn wait_ready(&self) -> anyhow::Result<()> {
+        self.server.wait_ready()?;
+        self.local.wait_ready()
     }
 }
 
@@ -233,6 +304,46 @@ impl Proxy {
         }
     }
 
+    /// That it exited, and its log, if it has.
+    pub(crate) fn gone(&self) -> Option<String> {
+        // Not reaped until dropped: an exited child is a zombie ("pid (comm) Z ...").
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()));
+        let state = stat
+            .ok()
+            .and_then(|s| s.rsplit_once(") ")?.1.chars().next());
+        if !matches!(state, None | Some('Z' | 'X')) {
+            return None;
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        Some(format!(
+            "{} exited; the end of its log:\n{}",
+            self.name,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ))
+    }
+
+    /// The soft limit on open files the process runs with (a daemon raises its own).
+    pub(crate) fn fd_limit(&self) -> anyhow::Result<u64> {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.child.id()))?;
+        limits
+            .lines()
+            .find_map(|l| l.strip_prefix("Max open files"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .with_context(|| format!("no open-files limit for {}", self.name))
+    }
+
+    /// The connection cap a daemon sized from its fd limit, as it logs it at start
+    /// (`connection limits max_connections=N ...`).
+    pub(crate) fn logged_connection_cap(&self) -> anyhow::Result<usize> {
+        let log = std::fs::read_to_string(&self.log)?;
+        log.lines()
+            .filter(|line| line.contains("connection limits"))
+            .flat_map(str::split_whitespace)
+            .find_map(|field| field.strip_prefix("max_connections=")?.parse().ok())
+            .with_context(|| format!("{} logged no max_connections=; its log:\n{log}", self.name))
+    }
+
     pub(crate) fn fd_count(&self) -> anyhow::Result<usize> {
         Ok(std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))?.count())
     }
@@ -251,5 +362,46 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A proxy's descriptors and resident memory at one moment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    pub(crate) fds: usize,
+    pub(crate) rss_kib: u64,
+}
+
+impl Sample {
+    /// RSS grown since `before`, per connection of `conns` opened since.
+    pub(crate) fn kib_per_conn_over(self, before: Sample, conns: usize) -> f64 {
+        (self.rss_kib as f64 - before.rss_kib as f64) / conns as f64
+    }
+}
+
+impl Proxy {
+    fn sample(&self) -> anyhow::Result<Sample> {
+        Ok(Sample {
+            fds: self.fd_count()?,
+            rss_kib: self.rss_kib()?,
+        })
+    }
+
+    /// A sample once the proxy has settled: its descriptors at most `fds_at_most` (it
+    /// closes connections a moment after their clients do) and its RSS no longer moving
+    /// (freed memory goes back to the kernel, or not, a little after the last free).
+    pub(crate) async fn settled(&self, fds_at_most: usize) -> anyhow::Result<Sample> {
+        tokio::time::sleep(SETTLE).await;
+        let deadline = Instant::now() + SETTLE_MAX;
+        let mut last = self.sample()?;
+        loop {
+            tokio::time::sleep(SETTLE_STEP).await;
+            let now = self.sample()?;
+            let still = now.fds == last.fds && now.rss_kib.abs_diff(last.rss_kib) <= RSS_JITTER_KIB;
+            if (still && now.fds <= fds_at_most) || Instant::now() > deadline {
+                return Ok(now);
+            }
+            last = now;
+        }
     }
 }

@@ -179,21 +179,167 @@ pub(crate) async fn short_conns(
     })
 }
 
-#[derive(Debug)]
-pub(crate) struct Memory {
-    pub(crate) idle_kib: u64,
-    pub(crate) loaded_kib: u64,
-    pub(crate) conns: usize,
+/// `pingpong_conns` connections, opened before the clock starts, each sending
+/// [`PING_BYTES`] and waiting for their echo, again and again, for `pingpong_time`: round
+/// trips per second, all connections together.
+pub(crate) async fn ping_pong(via: Via, targets: &Targets, scale: Scale) -> anyhow::Result<f64> {
+    let held = open_held(
+        via,
+        targets.echo,
+        scale.pingpong_conns,
+        scale.pingpong_conns,
+    )
+    .await;
+    if let Some(e) = held.first_error {
+        bail!("{}: ping-pong connection: {e}", via.name());
+    }
+    let start = Instant::now();
+    let deadline = start + scale.pingpong_time;
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut conn in held.conns {
+        let trips = async move {
+            let ping = [0x5Au8; PING_BYTES];
+            let mut pong = [0u8; PING_BYTES];
+            let mut trips = 0u64;
+            while Instant::now() < deadline {
+                conn.write_all(&ping).await?;
+                conn.read_exact(&mut pong).await?;
+                trips += 1;
+            }
+            io::Result::Ok(trips)
+        };
+        tasks.spawn(tokio::time::timeout_at(
+            (deadline + STEP_TIMEOUT).into(),
+            trips,
+        ));
+    }
+    let mut trips = 0;
+    while let Some(done) = tasks.join_next().await {
+        trips += done?
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "a round trip timed out"))
+            .flatten()
+            .with_context(|| format!("{}: ping-pong", via.name()))?;
+    }
+    Ok(trips as f64 / start.elapsed().as_secs_f64())
 }
 
-impl Memory {
-    pub(crate) fn per_conn_kib(&self) -> f64 {
-        (self.loaded_kib as f64 - self.idle_kib as f64) / self.conns as f64
+/// Sends `bytes` patterned bytes through `conn` (to the echo server) while reading them
+/// back, and checks that they came back unchanged.
+pub(crate) async fn echo_through(conn: &mut TcpStream, bytes: usize) -> io::Result<()> {
+    let payload: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    let mut back = vec![0u8; bytes];
+    let (mut rx, mut tx) = conn.split();
+    // Both ways at once: more than the sockets buffer would block a write-then-read.
+    let (sent, got) = tokio::join!(tx.write_all(&payload), rx.read_exact(&mut back));
+    sent?;
+    got?;
+    if back != payload {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the echo differs",
+        ));
+    }
+    Ok(())
+}
+
+/// Relayed connections held open together, and those that failed to open.
+pub(crate) struct Held {
+    pub(crate) conns: Vec<TcpStream>,
+    pub(crate) failed: usize,
+    /// The first failure, to say what went wrong.
+    pub(crate) first_error: Option<io::Error>,
+}
+
+/// Opens `count` connections to the echo server, `concurrency` at a time, each carrying
+/// one small echo (so its relay is fully set up), and keeps them open.
+pub(crate) async fn open_held(
+    via: Via,
+    target: SocketAddrV4,
+    count: usize,
+    concurrency: usize,
+) -> Held {
+    let held = Arc::new(Mutex::new(Held {
+        conns: Vec::with_capacity(count),
+        failed: 0,
+        first_error: None,
+    }));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency.min(count) {
+        let (held, next) = (held.clone(), next.clone());
+        tasks.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let open = async {
+                    let mut conn = via.connect(target).await?;
+                    echo_through(&mut conn, 4).await?;
+                    io::Result::Ok(conn)
+                };
+                let opened = tokio::time::timeout(STEP_TIMEOUT, open)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::new(io::ErrorKind::TimedOut, "open timed out"))
+                    });
+                let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+                match opened {
+                    Ok(conn) => held.conns.push(conn),
+                    Err(e) => {
+                        held.failed += 1;
+                        held.first_error.get_or_insert(e);
+                    }
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let mut held = held.lock().unwrap_or_else(|e| e.into_inner());
+    Held {
+        conns: std::mem::take(&mut held.conns),
+        failed: held.failed,
+        first_error: held.first_error.take(),
     }
 }
 
-/// RSS of a fresh proxy that has served one connection, then with `idle_conns` relayed connections open (each has
-/// carried one small echo, so the relay is fully set up), which are then closed.
+/// What relayed connections cost a proxy: descriptors and RSS of a fresh proxy that has
+/// served one connection, with `idle_conns` relayed connections open (each has carried
+/// a small echo), with the same connections open after each has echoed `warm_bytes`, and
+/// after they all closed.
+#[derive(Debug)]
+pub(crate) struct Memory {
+    pub(crate) conns: usize,
+    pub(crate) before: Sample,
+    pub(crate) idle: Sample,
+    pub(crate) warm: Sample,
+    pub(crate) closed: Sample,
+}
+
+impl Memory {
+    pub(crate) fn idle_per_conn_kib(&self) -> f64 {
+        self.per_conn_kib(self.idle)
+    }
+
+    pub(crate) fn warm_per_conn_kib(&self) -> f64 {
+        self.per_conn_kib(self.warm)
+    }
+
+    fn per_conn_kib(&self, open: Sample) -> f64 {
+        open.kib_per_conn_over(self.before, self.conns)
+    }
+
+    pub(crate) fn fds_per_conn(&self) -> f64 {
+        (self.idle.fds as f64 - self.before.fds as f64) / self.conns as f64
+    }
+
+    /// Of what the warm connections added to RSS, the share given back once they closed.
+    pub(crate) fn returned_percent(&self) -> f64 {
+        let grown = self.warm.rss_kib as f64 - self.before.rss_kib as f64;
+        let kept = self.closed.rss_kib as f64 - self.before.rss_kib as f64;
+        if grown <= 0.0 {
+            return 100.0;
+        }
+        (100.0 * (1.0 - kept / grown)).clamp(0.0, 100.0)
+    }
+}
+
 pub(crate) async fn measure_memory(
     via: Via,
     proxy: &Proxy,
@@ -201,43 +347,136 @@ pub(crate) async fn measure_memory(
     scale: Scale,
 ) -> anyhow::Result<Memory> {
     // One relayed connection first, so one-time setup does not count as per-connection.
-    let mut warm = via.connect(targets.echo).await?;
-    warm.write_all(b"ping").await?;
-    warm.read_exact(&mut [0u8; 4]).await?;
-    drop(warm);
-    tokio::time::sleep(SETTLE).await;
-    let idle_kib = proxy.rss_kib()?;
-    let open = Arc::new(Mutex::new(Vec::with_capacity(scale.idle_conns)));
-    let next = Arc::new(AtomicUsize::new(0));
+    let mut warmup = via.connect(targets.echo).await?;
+    echo_through(&mut warmup, 4).await?;
+    drop(warmup);
+    let before = proxy.settled(usize::MAX).await?;
+    let held = open_held(via, targets.echo, scale.idle_conns, scale.short_concurrency).await;
+    if let Some(e) = held.first_error {
+        bail!(
+            "{}: {} of {} idle connections failed to open: {e}",
+            via.name(),
+            held.failed,
+            scale.idle_conns
+        );
+    }
+    let mut conns = held.conns;
+    let idle = proxy.settled(usize::MAX).await?;
+
+    // Every connection moves data, `short_concurrency` at a time, and stays open.
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..scale.short_concurrency {
-        let (open, next, target) = (open.clone(), next.clone(), targets.echo);
+    let per_task = conns.len().div_ceil(scale.short_concurrency).max(1);
+    while !conns.is_empty() {
+        let mut chunk: Vec<TcpStream> = conns.drain(..per_task.min(conns.len())).collect();
         tasks.spawn(async move {
-            while next.fetch_add(1, Ordering::Relaxed) < scale.idle_conns {
-                let mut conn = via.connect(target).await?;
-                conn.write_all(b"ping").await?;
-                let mut back = [0u8; 4];
-                conn.read_exact(&mut back).await?;
-                open.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+            for conn in &mut chunk {
+                echo_through(conn, scale.warm_bytes).await?;
             }
-            io::Result::Ok(())
+            io::Result::Ok(chunk)
         });
     }
     while let Some(done) = tasks.join_next().await {
-        done?.with_context(|| format!("{}: opening idle connections", via.name()))?;
+        conns.extend(done?.with_context(|| format!("{}: warm echo", via.name()))?);
     }
-    tokio::time::sleep(SETTLE).await;
-    let loaded_kib = proxy.rss_kib()?;
-    let conns = open
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain(..)
-        .count();
-    tokio::time::sleep(SETTLE).await;
+    let warm = proxy.settled(usize::MAX).await?;
+    drop(conns);
+    let closed = proxy.settled(before.fds).await?;
     Ok(Memory {
-        idle_kib,
-        loaded_kib,
-        conns,
+        conns: scale.idle_conns,
+        before,
+        idle,
+        warm,
+        closed,
+    })
+}
+
+/// Many relayed connections open at once through one proxy.
+#[derive(Debug)]
+pub(crate) struct Concurrent {
+    /// What the scale asks for.
+    pub(crate) wanted: usize,
+    /// What was opened: `wanted`, or less when it cannot fit the proxy's connection cap
+    /// or the descriptors of this process (`limited_by` says which).
+    pub(crate) tried: usize,
+    pub(crate) limited_by: Option<String>,
+    pub(crate) failed: usize,
+    pub(crate) first_error: Option<io::Error>,
+    /// From the first connect to the last echo.
+    pub(crate) open_time: Duration,
+    pub(crate) before: Sample,
+    pub(crate) open: Sample,
+    pub(crate) closed: Sample,
+}
+
+impl Concurrent {
+    pub(crate) fn opened(&self) -> usize {
+        self.tried - self.failed
+    }
+
+    pub(crate) fn per_conn_kib(&self) -> f64 {
+        self.open
+            .kib_per_conn_over(self.before, self.opened().max(1))
+    }
+}
+
+/// Opens `concurrent_conns` relayed connections through the daemon `proxy`, each carrying
+/// a small echo, and holds them all open at once; then closes them. Failures are counted,
+/// not fatal: the caller decides.
+pub(crate) async fn concurrent(
+    proxy: &Proxy,
+    targets: &Targets,
+    scale: Scale,
+) -> anyhow::Result<Concurrent> {
+    let wanted = scale.concurrent_conns;
+    let cap = proxy.logged_connection_cap()?;
+    // Both ends of each connection are ours: the client's and the echo server's.
+    let (own_limit, _) = mptcp_policy::fd_limit()?;
+    let own_open = std::fs::read_dir("/proc/self/fd")?.count();
+    let own_room = usize::try_from(own_limit.saturating_sub(own_open as u64 + 64) / 2)?;
+    let (tried, limited_by) = if wanted <= cap.min(own_room) {
+        (wanted, None)
+    } else if cap <= own_room {
+        let limit = proxy.fd_limit()?;
+        (
+            cap,
+            Some(format!(
+                "{}'s connection cap is {cap}, sized from its fd limit {limit} (the hard \
+                 limit it inherits; raising that needs CAP_SYS_RESOURCE)",
+                proxy.name
+            )),
+        )
+    } else {
+        (
+            own_room,
+            Some(format!(
+                "this process's fd limit {own_limit} holds both ends of {own_room} \
+                 connections"
+            )),
+        )
+    };
+    let before = proxy.settled(usize::MAX).await?;
+    let start = Instant::now();
+    let held = open_held(
+        Via::Socks(proxy.name, proxy.addr),
+        targets.echo,
+        tried,
+        CONCURRENT_OPENERS,
+    )
+    .await;
+    let open_time = start.elapsed();
+    let open = proxy.settled(usize::MAX).await?;
+    drop(held.conns);
+    let closed = proxy.settled(before.fds).await?;
+    Ok(Concurrent {
+        wanted,
+        tried,
+        limited_by,
+        failed: held.failed,
+        first_error: held.first_error,
+        open_time,
+        before,
+        open,
+        closed,
     })
 }
 
@@ -245,10 +484,6 @@ pub(crate) async fn measure_memory(
 /// passed, and prints its descriptors and RSS after each round: both must stay flat
 /// (a leak of one descriptor or a few bytes per connection shows as a climb).
 pub(crate) async fn soak(proxy: &Proxy, targets: &Targets, scale: Scale) -> anyhow::Result<()> {
-    // Tens of thousands of connections a minute would exhaust the ephemeral ports with
-    // TIME_WAIT sockets; this namespace is ours, so reuse them.
-    std::fs::write("/proc/sys/net/ipv4/tcp_tw_reuse", "1")?;
-    std::fs::write("/proc/sys/net/ipv4/ip_local_port_range", "1024 65535")?;
     let via = Via::Socks(proxy.name, proxy.addr);
     let round_scale = Scale {
         short_conns: scale.soak_round,

@@ -59,7 +59,7 @@ pub(crate) struct Daemon {
 
 #[derive(Debug)]
 enum Running {
-    Child(#[allow(dead_code)] NsChild),
+    Child(NsChild),
     InProcess {
         stop: Option<oneshot::Sender<()>>,
         thread: Option<JoinHandle<anyhow::Result<()>>>,
@@ -209,6 +209,14 @@ impl Daemon {
             api,
             log,
         })
+    }
+
+    /// The process of a daemon started with [`Daemon::spawn`]; `None` in process.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match &self.running {
+            Running::Child(child) => Some(child.id()),
+            Running::InProcess { .. } => None,
+        }
     }
 
     /// Everything it has logged so far.
