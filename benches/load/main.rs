@@ -134,6 +134,9 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Then RSS is read every `SETTLE_STEP` until two readings differ by at most
 /// `RSS_JITTER_KIB` (and the descriptors are the same), for at most `SETTLE_MAX`.
 const SETTLE_STEP: Duration = Duration::from_millis(200);
+/// How long after its connections closed a proxy may take to give memory back
+/// (mptcp-socksd looks every 2 s).
+const RETURN_WAIT: Duration = Duration::from_secs(3);
 const SETTLE_MAX: Duration = Duration::from_secs(5);
 const RSS_JITTER_KIB: u64 = 64;
 /// Bound on any single network step of the client (connect, handshake, echo).
@@ -456,7 +459,7 @@ fn print_report(routes: &[Route], concurrent: &Concurrent, scale: Scale) {
         ("% of warm growth returned".into(), |r| {
             memory(r, Memory::returned_percent)
         }),
-        ("fds per open conn".into(), |r| {
+        ("fds (sockets) per open conn".into(), |r| {
             memory(r, Memory::fds_per_conn)
         }),
     ];
@@ -669,7 +672,7 @@ fn targets(routes: &[Route], concurrent: &Concurrent, scale: Scale) -> Vec<[Stri
             verdict(returned_now.map(|v| v >= 90.0)).into(),
         ],
         at_most(
-            "fds per relayed conn".into(),
+            "fds (sockets) per relayed conn".into(),
             of(socksd, fds),
             "fds",
             2.0,

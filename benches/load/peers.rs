@@ -348,6 +348,17 @@ impl Proxy {
         Ok(std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))?.count())
     }
 
+    /// Of its descriptors, the sockets: what a relayed connection costs. (mptcp-socksd
+    /// also keeps a few spare pipes per thread for splicing, however many are open.)
+    pub(crate) fn socket_count(&self) -> anyhow::Result<usize> {
+        let mut sockets = 0;
+        for entry in std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))? {
+            let link = std::fs::read_link(entry?.path()).unwrap_or_default();
+            sockets += usize::from(link.to_string_lossy().starts_with("socket:"));
+        }
+        Ok(sockets)
+    }
+
     pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         status
@@ -369,6 +380,7 @@ impl Drop for Proxy {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Sample {
     pub(crate) fds: usize,
+    pub(crate) sockets: usize,
     pub(crate) rss_kib: u64,
 }
 
@@ -383,6 +395,7 @@ impl Proxy {
     fn sample(&self) -> anyhow::Result<Sample> {
         Ok(Sample {
             fds: self.fd_count()?,
+            sockets: self.socket_count()?,
             rss_kib: self.rss_kib()?,
         })
     }

@@ -326,7 +326,7 @@ impl Memory {
     }
 
     pub(crate) fn fds_per_conn(&self) -> f64 {
-        (self.idle.fds as f64 - self.before.fds as f64) / self.conns as f64
+        (self.idle.sockets as f64 - self.before.sockets as f64) / self.conns as f64
     }
 
     /// Of what the warm connections added to RSS, the share given back once they closed.
@@ -380,6 +380,8 @@ pub(crate) async fn measure_memory(
     }
     let warm = proxy.settled(usize::MAX).await?;
     drop(conns);
+    // mptcp-socksd hands freed memory back a moment after its connections went away.
+    tokio::time::sleep(RETURN_WAIT).await;
     let closed = proxy.settled(before.fds).await?;
     Ok(Memory {
         conns: scale.idle_conns,

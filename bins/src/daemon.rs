@@ -486,23 +486,24 @@ impl Daemon {
     }
 }
 
-/// How often, at most, the heap's free memory is handed back to the system.
-const TRIM_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the daemon looks whether connections ended, to hand their memory back.
+const TRIM_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Every [`TRIM_INTERVAL`] in which connections came or went, hands the heap's free memory
-/// back to the system, so that the RSS falls again after a burst of connections rather
-/// than staying at its peak.
+/// Hands the heap's free memory back to the system, [`TRIM_INTERVAL`] apart, whenever
+/// connections ended since the last look: the RSS falls again after a burst of
+/// connections rather than staying at its peak.
 async fn keep_heap_trimmed(stats: mptcp_socks::Stats, stopped: impl Future<Output = ()>) {
     tokio::pin!(stopped);
-    let mut trimmed_at = None;
+    let mut ended_before = 0;
     loop {
         tokio::select! {
             () = &mut stopped => return,
             () = tokio::time::sleep(TRIM_INTERVAL) => {}
         }
         let now = stats.snapshot();
-        if trimmed_at != Some((now.accepted, now.active)) {
-            trimmed_at = Some((now.accepted, now.active));
+        let ended = now.accepted.saturating_sub(now.active);
+        if ended != ended_before {
+            ended_before = ended;
             // It walks the whole heap under the allocator's locks: not on a worker thread.
             let _ = tokio::task::spawn_blocking(mptcp_policy::release_free_memory).await;
         }

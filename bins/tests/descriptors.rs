@@ -1,7 +1,9 @@
 //! What a relayed connection costs the real daemon in file descriptors: exactly two, the
 //! client's connection and the outbound one. Counted in the spawned daemon's
-//! /proc/PID/fd, which the threads of other tests cannot disturb. (How much memory and
-//! time a connection costs is the load benchmark's to measure, never a test's.)
+//! /proc/PID/fd, which the threads of other tests cannot disturb. The pipes that plain
+//! relays splice through are the process's, not a connection's: a few spare per worker
+//! thread, however many connections are open. (How much memory and time a connection
+//! costs is the load benchmark's to measure, never a test's.)
 
 mod common;
 
@@ -54,23 +56,48 @@ fn a_relayed_connection_costs_the_daemon_two_descriptors() -> anyhow::Result<()>
     let conns = (0..CONNS)
         .map(|_| relay())
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let open = fds_once_at(pid, |n| n == before.len() + 2 * CONNS)?;
+    let open = fds_once_at(pid, |fds| {
+        count(fds, NOT_PIPE) == count(&before, NOT_PIPE) + 2 * CONNS
+    })?;
     assert_eq!(
-        open.len() - before.len(),
+        count(&open, NOT_PIPE) - count(&before, NOT_PIPE),
         2 * CONNS,
         "{CONNS} relayed connections open took {} descriptors; those added: {:?}",
-        open.len() - before.len(),
+        count(&open, NOT_PIPE) - count(&before, NOT_PIPE),
         added(&before, &open)
     );
+    // Each relay spliced its echo: the pipes it used went back to the spares.
+    let spare = spare_pipe_fds();
+    assert!(
+        count(&open, PIPE) <= spare,
+        "{} pipe descriptors with {CONNS} idle connections open, more than the spares ({spare})",
+        count(&open, PIPE)
+    );
     drop(conns);
-    let after = fds_once_at(pid, |n| n <= before.len())?;
+    let after = fds_once_at(pid, |fds| count(fds, NOT_PIPE) <= count(&before, NOT_PIPE))?;
     assert_eq!(
-        after.len(),
-        before.len(),
+        count(&after, NOT_PIPE),
+        count(&before, NOT_PIPE),
         "descriptors left once the connections closed: {:?}",
         added(&before, &after)
     );
+    assert!(count(&after, PIPE) <= spare);
     Ok(())
+}
+
+const PIPE: fn(&str) -> bool = |target| target.starts_with("pipe:");
+const NOT_PIPE: fn(&str) -> bool = |target| !target.starts_with("pipe:");
+
+/// How many of `fds` link to a target `kind` accepts.
+fn count(fds: &BTreeMap<String, String>, kind: fn(&str) -> bool) -> usize {
+    fds.values().filter(|target| kind(target)).count()
+}
+
+/// Descriptors of the spare pipes the daemon may keep: four pipes (two descriptors each)
+/// per worker thread, one worker per core.
+fn spare_pipe_fds() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    2 * 4 * cores
 }
 
 /// An echo server with a thread per connection (the shared one serves one connection at a
@@ -90,15 +117,18 @@ fn concurrent_echo() -> io::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// The process's open descriptors (number -> what `/proc/PID/fd/N` links to), once their
-/// count satisfies `wanted` and holds still, or as they are after [`SETTLE_WAIT`].
-fn fds_once_at(pid: u32, wanted: impl Fn(usize) -> bool) -> io::Result<BTreeMap<String, String>> {
+/// The process's open descriptors (number -> what `/proc/PID/fd/N` links to), once they
+/// satisfy `wanted` and their count holds still, or as they are after [`SETTLE_WAIT`].
+fn fds_once_at(
+    pid: u32,
+    wanted: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> io::Result<BTreeMap<String, String>> {
     let deadline = Instant::now() + SETTLE_WAIT;
     let mut last = fds(pid)?;
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let now = fds(pid)?;
-        if (wanted(now.len()) && now.len() == last.len()) || Instant::now() > deadline {
+        if (wanted(&now) && now.len() == last.len()) || Instant::now() > deadline {
             return Ok(now);
         }
         last = now;
