@@ -29,15 +29,29 @@ impl AsyncRead for SharedStream {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.0.poll_read_ready(cx))?;
-            // try_read clears the readiness on WouldBlock, so the next poll registers.
-            match self.0.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let unfilled = buf.initialize_unfilled();
+            let room = unfilled.len();
+            let mut read = 0;
+            // try_io clears the readiness on WouldBlock, so the next poll registers. A
+            // short read drained the socket: its readiness ends there too (as in tokio's
+            // own TcpStream), rather than after one more read that finds nothing.
+            let result = self.0.try_io(Interest::READABLE, || {
+                read = io::Read::read(&mut &*socket2::SockRef::from(&*self.0), unfilled)?;
+                if read > 0 && read < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
                 }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            });
+            match result {
+                Ok(()) => {}
+                // A short read, its readiness ended: the bytes are in the buffer.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock && read > 0 => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(err) => return Poll::Ready(Err(err)),
             }
+            buf.advance(read);
+            return Poll::Ready(Ok(()));
         }
     }
 }
@@ -337,6 +351,10 @@ struct Direction {
     need_flush: bool,
     /// Whether to splice (until both sides turn out to be sockets that can).
     splice: bool,
+    /// A read filled a whole chunk, so more is waiting: splice until the reader runs dry.
+    /// Small messages are copied (as cheap, and a short read ends the reader's readiness
+    /// without one more read that finds nothing).
+    bursting: bool,
     /// The pipe being spliced through, while a burst lasts, and how much is in it.
     pipe: Option<CountedPipe>,
     in_pipe: usize,
@@ -381,6 +399,7 @@ impl Direction {
             written: 0,
             need_flush: false,
             splice: true,
+            bursting: false,
             pipe: None,
             in_pipe: 0,
             state: State::Copying,
@@ -423,17 +442,20 @@ impl Direction {
                 self.backlog = Vec::new();
                 self.written = 0;
             }
-            if self.splice {
+            if self.splice && self.bursting {
                 match (reader.tcp(), writer.tcp()) {
                     (Some(from), Some(to)) => {
                         match ready!(self.splice_burst(cx, from, to, activity))? {
-                            Burst::Idle => return Poll::Pending,
+                            Burst::Idle => {
+                                self.bursting = false;
+                                return Poll::Pending;
+                            }
                             Burst::End => {
                                 self.state = State::ShuttingDown;
                                 continue;
                             }
                             Burst::Unsupported => self.splice = false,
-                            Burst::NoPipe => {}
+                            Burst::NoPipe => self.bursting = false,
                         }
                     }
                     _ => self.splice = false,
@@ -532,6 +554,7 @@ impl Direction {
             return Poll::Ready(Ok(Chunk::End));
         }
         activity.record(self.upstream, filled);
+        self.bursting = filled == buf.len();
         let mut written = 0;
         while written < filled {
             match Pin::new(&mut *writer).poll_write(cx, &buf[written..filled]) {
