@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use mptcp_policy::Transport;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
@@ -195,7 +195,7 @@ impl Server {
     {
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
         if let Some(slot) = self.shared.admit(client) {
-            handle_client(&self.shared, Opaque(stream), client, None, slot).await;
+            handle_client(&self.shared, Opaque(stream), client, false, slot).await;
         }
     }
 }
@@ -245,6 +245,12 @@ impl Server {
             tracing::info!(listen = %addr, "SOCKS5 server listening");
         }
 
+        // Interactive traffic (SSH, TLS handshakes) suffers from Nagle on a relay. Accepted
+        // sockets inherit TCP_NODELAY from their listener (on Linux, MPTCP ones too): set
+        // once here rather than once per client.
+        if let Err(err) = socket2::SockRef::from(&listener).set_tcp_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY on the listener");
+        }
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -265,16 +271,7 @@ impl Server {
                         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
                         // Refused clients are dropped here, before a task or a buffer exists.
                         let Some(slot) = shared.admit(client) else { continue };
-                        if let Err(err) = stream.set_nodelay(true) {
-                            tracing::debug!(%client, error = %err, "cannot set TCP_NODELAY on the client socket");
-                        }
-                        // The PAC file points at the address this client reached.
-                        let pac = shared
-                            .config
-                            .pac
-                            .then(|| stream.local_addr().ok())
-                            .flatten()
-                            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()));
+                        let pac = shared.config.pac;
                         let shared = Arc::clone(shared);
                         // Two kinds of task, so that a plain client's does not carry room
                         // for a TLS session.
@@ -355,14 +352,9 @@ fn is_per_connection(err: &io::Error) -> bool {
 }
 
 /// One admitted client, until its connection ends; `_slot` counts it meanwhile.
-/// `pac`: the address to point a PAC file at, when one may be served.
-async fn handle_client<S>(
-    shared: &Shared,
-    stream: S,
-    client: SocketAddr,
-    pac: Option<SocketAddr>,
-    _slot: Slot,
-) where
+/// `pac`: whether a PAC file may be served.
+async fn handle_client<S>(shared: &Shared, stream: S, client: SocketAddr, pac: bool, _slot: Slot)
+where
     S: AsyncRead + AsyncWrite + TcpSide + Unpin + Send,
 {
     let _active = shared.stats.accepted();
@@ -388,7 +380,7 @@ async fn handle_tls_client(
     // plain client's.
     let accept = Box::pin(tokio_rustls::TlsAcceptor::from(tls).accept(stream));
     match tokio::time::timeout(shared.config.handshake_timeout, accept).await {
-        Ok(Ok(stream)) => handle_client(shared, Box::new(stream), client, None, slot).await,
+        Ok(Ok(stream)) => handle_client(shared, Box::new(stream), client, false, slot).await,
         Ok(Err(err)) => tracing::debug!(%client, error = %err, "TLS handshake failed"),
         Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
     }
@@ -398,7 +390,7 @@ async fn serve_client<S>(
     shared: &Shared,
     mut stream: S,
     client: SocketAddr,
-    pac: Option<SocketAddr>,
+    pac: bool,
 ) -> Result<(), Error>
 where
     S: AsyncRead + AsyncWrite + TcpSide + Unpin + Send,
@@ -434,13 +426,13 @@ async fn open<S>(
     shared: &Shared,
     stream: &mut S,
     client: SocketAddr,
-    pac: Option<SocketAddr>,
+    pac: bool,
 ) -> Result<Option<Connected>, Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + TcpSide + Unpin + Send,
 {
     let timeout = shared.config.handshake_timeout;
-    let mut reader = tokio::io::BufReader::with_capacity(HANDSHAKE_READ, &mut *stream);
+    let mut reader = BufReader::with_capacity(HANDSHAKE_READ, &mut *stream);
     let request = tokio::time::timeout(timeout, handshake(shared, &mut reader, client.ip(), pac))
         .await
         .map_err(|_| Error::HandshakeTimeout(timeout))??;
@@ -618,16 +610,25 @@ async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
 /// `Ok(None)`: it was an HTTP request for the PAC file (with `pac`), answered.
 async fn handshake<S>(
     shared: &Shared,
-    stream: &mut S,
+    stream: &mut BufReader<&mut S>,
     client: IpAddr,
-    pac: Option<SocketAddr>,
+    pac: bool,
 ) -> Result<Option<(Command, TargetAddr)>, Error>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + TcpSide + Unpin,
 {
     let mut version = [0u8; 1];
     tokio::io::AsyncReadExt::read_exact(stream, &mut version).await?;
-    if let (b'G', Some(proxy)) = (version[0], pac) {
+    // The PAC file points at the address this client reached (asked only now: most
+    // connections are SOCKS).
+    let proxy = || {
+        let addr = stream.get_ref().tcp()?.local_addr().ok()?;
+        Some(SocketAddr::new(addr.ip().to_canonical(), addr.port()))
+    };
+    if version[0] == b'G'
+        && pac
+        && let Some(proxy) = proxy()
+    {
         crate::pac::answer(stream, proxy).await?;
         return Ok(None);
     }
