@@ -1,5 +1,5 @@
 //! `mptcpctl`'s command line, in the library so that its man page and shell completions
-//! are generated from the same definition (`cargo xtask deb`).
+//! are generated from the same definition (`packaging/build-deb`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
