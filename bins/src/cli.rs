@@ -163,17 +163,13 @@ pub struct Args {
 
 /// The end of `--help` and of the man page.
 const FILES_AND_SIGNALS: &str = "\
-Files:
-  /etc/mptcp-socks/mptcp-socksd.toml  the config file the package's service reads
-                                      (read only when --config names it)
-  /var/lib/mptcp-socks/rules          the rule file of the package's service
-                                      (set by its config file's `policy`)
+Files: /etc/mptcp-socks/mptcp-socksd.toml is the config file of the package's service (a \
+config file is read only when --config names it); /var/lib/mptcp-socks/rules is the \
+service's rule file (the config file's `policy`).
 
-Signals:
-  SIGHUP           re-read the config file and the rule file; the log level (quiet)
-                   changes at once, every other changed key is logged as needing a
-                   restart
-  SIGINT, SIGTERM  stop: no new clients, connections in flight get a grace period";
+Signals: SIGHUP re-reads the config file and the rule file: the rules and the log level \
+(quiet) change at once, every other changed key is logged as needing a restart. SIGINT \
+and SIGTERM stop the daemon; connections in flight get a grace period.";
 
 /// How the daemon writes its log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

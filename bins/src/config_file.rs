@@ -611,6 +611,24 @@ mod tests {
     fn numbers_print_as_numbers_only_when_they_read_back_the_same() {
         assert_eq!(toml_scalar("1080"), "1080");
         assert_eq!(toml_scalar("0123"), "\"0123\"");
-        assert_eq!(toml_scalar("a\"b"), "\"a\\\"b\"");
+        for text in [
+            "1080",
+            "0123",
+            "-1",
+            "a\"b",
+            "it's",
+            "a'\"b\\",
+            "line\nbreak",
+            "",
+        ] {
+            let table: toml::Table =
+                toml::from_str(&format!("k = {}", toml_scalar(text))).expect("valid TOML");
+            let back = match &table["k"] {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(back, text);
+        }
     }
 }

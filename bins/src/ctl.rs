@@ -16,10 +16,9 @@ pub const DEFAULT_API: &str = "http://127.0.0.1:5000";
 
 /// The end of `mptcpctl --help` and of its man page.
 const CTL_FILES: &str = "\
-Files:
-  /etc/mptcp-socks/mptcp-socksd.toml  the daemon's config file: its `api` and `api-token`
-                                      (or `api-token-file`) are used when --api and
-                                      --token are not given (--config names another)";
+Files: /etc/mptcp-socks/mptcp-socksd.toml, the daemon's config file: when it exists (or \
+--config names another), its `api` and `api-token` (or `api-token-file`) are used unless \
+--api or --token (or their environment variables) are given.";
 
 /// Manage the per-destination MPTCP policy of a running mptcp-socksd.
 #[derive(Debug, Parser)]

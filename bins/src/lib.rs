@@ -1,7 +1,8 @@
 //! The mptcp-socks daemon as a library: what `mptcp-socksd` runs ([`run`], [`Daemon`])
 //! and the parts it composes with the SOCKS server of `mptcp-socks`: the rule store and
-//! its file watcher, the REST API, the description of the host the API judges rules
-//! against, the path-manager sysctl switch, and the shapes `mptcpctl` reads.
+//! its file watcher, the config file (`--config`) and what SIGHUP reloads, the REST API,
+//! the description of the host the API judges rules against, the path-manager sysctl
+//! switch, and the shapes and flags of `mptcpctl`.
 //!
 //! The daemon, as `main` runs it:
 //!
