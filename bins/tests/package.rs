@@ -128,18 +128,14 @@ fn the_package_installs_binaries_config_unit_man_pages_and_completions() -> anyh
 
     let root = unpacked(&deb)?;
     // The man pages and completions are the clap definitions' (the newest flags are in).
-    let man = output_ok(
-        Command::new("gzip")
-            .arg("-dc")
-            .arg(root.path().join("usr/share/man/man1/mptcp-socksd.1.gz")),
-    )?;
+    let man_page = |name: &str| {
+        let page = root.path().join(format!("usr/share/man/man1/{name}.1.gz"));
+        output_ok(Command::new("gzip").arg("-dc").arg(page))
+    };
+    let man = man_page("mptcp-socksd")?;
     assert!(man.contains(".TH mptcp-socksd"), "{man}");
     assert!(man.contains("print\\-config"), "{man}");
-    let man = output_ok(
-        Command::new("gzip")
-            .arg("-dc")
-            .arg(root.path().join("usr/share/man/man1/mptcpctl.1.gz")),
-    )?;
+    let man = man_page("mptcpctl")?;
     assert!(man.contains("doctor"), "{man}");
     for completion in [
         "usr/share/bash-completion/completions/mptcp-socksd",
