@@ -5,15 +5,18 @@
 //! `mptcp-socksd`'s `main` and the tests that run the daemon in-process both go through
 //! here, so a flag means the same wherever it is given.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::error::ErrorKind;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, parser::ValueSource};
 use mptcp_policy::PmMode;
 use mptcp_socks::{Auth, ServerConfig, Upstream, UpstreamError, tls_server_config};
 
+use crate::config_file::{ConfigFile, Settings};
 use crate::daemon::{ApiListen, DaemonConfig, DaemonError};
 use crate::daemon_support::read_secret_file;
 use crate::tls_identity;
@@ -21,8 +24,17 @@ use crate::tls_identity;
 /// A SOCKS5 proxy that opens outbound connections as Multipath TCP or plain TCP, per
 /// destination, as the rule file says.
 #[derive(Debug, Parser)]
-#[command(name = "mptcp-socksd", version)]
+#[command(name = "mptcp-socksd", version, after_long_help = FILES_AND_SIGNALS)]
 pub struct Args {
+    /// Read settings from this TOML file: its keys are the long flag names (`port = 1080`,
+    /// `allow = ["192.168.1.20"]`, `quiet = true`). The command line and the environment
+    /// override it, key by key. The package's is /etc/mptcp-socks/mptcp-socksd.toml.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings in force (command line, environment, config file, defaults) as
+    /// TOML, secrets masked, and exit.
+    #[arg(long)]
+    print_config: bool,
     /// Address to listen on for SOCKS5 clients.
     #[arg(short = 'i', long = "listen", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     listen_ip: IpAddr,
@@ -149,6 +161,16 @@ pub struct Args {
     state_dir: Option<PathBuf>,
 }
 
+/// The end of `--help` and of the man page.
+const FILES_AND_SIGNALS: &str = "\
+Files: /etc/mptcp-socks/mptcp-socksd.toml is the config file of the package's service (a \
+config file is read only when --config names it); /var/lib/mptcp-socks/rules is the \
+service's rule file (the config file's `policy`).
+
+Signals: SIGHUP re-reads the config file and the rule file: the rules and the log level \
+(quiet) change at once, every other changed key is logged as needing a restart. SIGINT \
+and SIGTERM stop the daemon; connections in flight get a grace period.";
+
 /// How the daemon writes its log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -158,7 +180,7 @@ pub enum LogFormat {
     Json,
 }
 
-fn parse_api(s: &str) -> Result<ApiListen, String> {
+pub(crate) fn parse_api(s: &str) -> Result<ApiListen, String> {
     match s {
         "off" | "none" | "" => Ok(ApiListen::Off),
         _ if s.starts_with("unix:") => match &s["unix:".len()..] {
@@ -171,45 +193,101 @@ fn parse_api(s: &str) -> Result<ApiListen, String> {
     }
 }
 
-/// The parsed command line, with where each value came from (to warn about secrets typed
-/// on it).
+/// The parsed command line merged with the config file, with where each value came from
+/// (to warn about secrets typed on the command line, to print the settings, and to tell
+/// at a reload what changed).
 #[derive(Debug)]
 pub struct Cli {
     args: Args,
     /// The flags holding a secret that were given on the command line itself.
     secrets_on_command_line: Vec<&'static str>,
+    /// Every setting in force and where it came from.
+    settings: Settings,
+    /// A warning about the config file (a secret in a file every user may read).
+    config_warning: Option<String>,
 }
 
 impl Cli {
-    /// Parses the process's arguments; prints the usage and exits on a bad one (or on
-    /// `--help`, `--version`).
+    /// Parses the process's arguments and the config file they name; prints the usage or
+    /// the refusal and exits on a bad one (or on `--help`, `--version`).
     pub fn parse() -> Cli {
-        let matches = Args::command().get_matches();
-        Cli::from_matches(&matches).unwrap_or_else(|e| e.exit())
+        Cli::try_parse_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
     }
 
-    /// Parses `args` (the first is the program name), as the daemon would.
+    /// Parses `args` (the first is the program name), and the config file `--config`
+    /// names, as the daemon would.
     ///
     /// # Errors
-    /// A bad flag or value, with clap's message.
+    /// A bad flag or value, with clap's message; a config file that cannot be read, or
+    /// whose key or value is refused, with its name, line and key.
     pub fn try_parse_from<I, T>(args: I) -> Result<Cli, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<OsString> + Clone,
     {
-        Cli::from_matches(&Args::command().try_get_matches_from(args)?)
+        let argv: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let mut cmd = Args::command();
+        // Groups declared on the arguments exist only once built.
+        cmd.build();
+        // A first look, to find the file and what the command line sets; what the flags
+        // require of each other is only checked with the file's keys added.
+        let given = cmd
+            .clone()
+            .ignore_errors(true)
+            .try_get_matches_from(&argv)?;
+        let Some(path) = given.get_one::<PathBuf>("config").cloned() else {
+            let matches = cmd.clone().try_get_matches_from(&argv)?;
+            return Cli::from_matches(&cmd, &matches, &BTreeSet::new(), None);
+        };
+        let file = ConfigFile::load(&path, &cmd)
+            .map_err(|e| clap::Error::raw(ErrorKind::InvalidValue, format!("{e}\n")))?;
+        let (from_file, ids) = file.args_not_given(&cmd, &given);
+        let merged = cmd
+            .clone()
+            .try_get_matches_from(argv.into_iter().chain(from_file))
+            .map_err(|e| {
+                let text = e.to_string();
+                let text = text.strip_prefix("error: ").unwrap_or(&text);
+                clap::Error::raw(
+                    e.kind(),
+                    format!("with the settings of {}: {text}", path.display()),
+                )
+            })?;
+        let mut cli = Cli::from_matches(&cmd, &merged, &ids, Some(path))?;
+        cli.config_warning = file.exposed_secrets_warning();
+        Ok(cli)
     }
 
-    fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+    fn from_matches(
+        cmd: &clap::Command,
+        matches: &ArgMatches,
+        from_file: &BTreeSet<String>,
+        file: Option<PathBuf>,
+    ) -> Result<Cli, clap::Error> {
         let secrets_on_command_line = [("-P/--password", "password"), ("--api-token", "api_token")]
             .into_iter()
-            .filter(|(_, id)| matches.value_source(id) == Some(ValueSource::CommandLine))
+            .filter(|(_, id)| {
+                matches.value_source(id) == Some(ValueSource::CommandLine)
+                    && !from_file.contains(*id)
+            })
             .map(|(flag, _)| flag)
             .collect();
         Ok(Cli {
             args: Args::from_arg_matches(matches)?,
             secrets_on_command_line,
+            settings: Settings::new(cmd, matches, from_file, file),
+            config_warning: None,
         })
+    }
+
+    /// `--print-config`: print [`Cli::settings`] and exit.
+    pub fn print_config(&self) -> bool {
+        self.args.print_config
+    }
+
+    /// Every setting in force, where it came from; printed by `--print-config`.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// `-q`: log errors only.
@@ -229,6 +307,9 @@ impl Cli {
     /// # Errors
     /// A secret file that cannot be read or is not one line.
     pub fn into_config(self, fd_limit: u64) -> Result<DaemonConfig, DaemonError> {
+        if let Some(warning) = &self.config_warning {
+            tracing::warn!("{warning}");
+        }
         for flag in &self.secrets_on_command_line {
             tracing::warn!(
                 "{flag} on the command line can be read by every local user in /proc/PID/cmdline; \

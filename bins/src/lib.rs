@@ -1,7 +1,8 @@
 //! The mptcp-socks daemon as a library: what `mptcp-socksd` runs ([`run`], [`Daemon`])
 //! and the parts it composes with the SOCKS server of `mptcp-socks`: the rule store and
-//! its file watcher, the REST API, the description of the host the API judges rules
-//! against, the path-manager sysctl switch, and the shapes `mptcpctl` reads.
+//! its file watcher, the config file (`--config`) and what SIGHUP reloads, the REST API,
+//! the description of the host the API judges rules against, the path-manager sysctl
+//! switch, and the shapes and flags of `mptcpctl`.
 //!
 //! The daemon, as `main` runs it:
 //!
@@ -31,12 +32,15 @@
 mod api;
 mod cli;
 mod client;
+mod config_file;
+pub mod ctl;
 mod daemon;
 mod daemon_support;
 mod diagnosis;
 pub mod doctor;
 mod host;
 pub mod pm_sysctl;
+mod reload;
 mod routes;
 pub mod setup;
 mod store;
@@ -50,12 +54,14 @@ pub use api::{
 };
 pub use cli::{Args, Cli, LogFormat};
 pub use client::{ApiClient, ClientError};
+pub use config_file::{ConfigError, ConfigFile, DEFAULT_CONFIG, Settings, Source, config_keys};
 pub use daemon::{ApiListen, Daemon, DaemonConfig, DaemonError, Listeners, run};
 pub use daemon_support::{
     escape_controls, escaping_fields, raise_and_log_fd_limit, raise_fd_limit, read_secret_file,
 };
 pub use diagnosis::{Note, Severity, kernel_notes};
 pub use host::{Host, KernelProbe, LocalAddresses, LocalEndpoint, interface_name};
+pub use reload::{LIVE_KEYS, ReloadOutcome, Reloader, SetQuiet};
 pub use store::{ReloadError, Reloaded, RuleStore, StoreCounts, StoreError};
 pub use tls_identity::{TlsIdentity, TlsIdentityError};
 pub use watch::{WatchGuard, spawn_watcher};

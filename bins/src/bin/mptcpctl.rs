@@ -6,165 +6,13 @@
 use std::fmt::Write as _;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use mptcp_policy::{Access, PathManager, Scheduler, Settings, Via};
+use clap::Parser;
+use mptcp_policy::Settings;
+use mptcp_socksd::ctl::{CtlArgs, CtlCommand, OnOff, RulesCommand};
 use mptcp_socksd::{
     ApiClient, Capabilities, ClientError, ConnectionView, LearnedView, RuleRequest, RuleView,
     UpstreamView,
 };
-
-/// Manage the per-destination MPTCP policy of a running mptcp-socksd.
-#[derive(Debug, Parser)]
-#[command(name = "mptcpctl", version)]
-struct Cli {
-    /// Base URL of the daemon's REST API, or unix:PATH for its Unix socket.
-    #[arg(
-        long,
-        env = "MPTCP_SOCKS_API",
-        default_value = "http://127.0.0.1:5000",
-        global = true
-    )]
-    api: String,
-    /// Bearer token, needed when the API listens on a non-loopback address.
-    #[arg(
-        long,
-        env = "MPTCP_SOCKS_API_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
-    token: Option<String>,
-    /// Print the API's JSON instead of a table or message.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// List, show, add or remove rules.
-    #[command(subcommand)]
-    Rules(RulesCommand),
-    /// Is the daemon up, how many rules, did the last reload of the rule file fail, are
-    /// the upstreams up? Exits 4 while the daemon is degraded.
-    Health,
-    /// What this host offers: kernel MPTCP, path-manager mode, schedulers, local addresses.
-    #[command(alias = "caps")]
-    Capabilities,
-    /// The SHA-256 fingerprint of the daemon's TLS certificate, what boxes pin as
-    /// #sha256=; read from the file, no daemon needed.
-    TlsFingerprint {
-        /// The certificate (PEM), or the daemon's state directory (that of its rule file).
-        #[arg(default_value = ".")]
-        path: std::path::PathBuf,
-    },
-    /// The live proxied connections, with their subflows and each one's share of traffic.
-    #[command(alias = "conns")]
-    Connections,
-    /// Checks this host (MPTCP, path manager, endpoints, limits, routing per uplink) and
-    /// the daemon if one answers; prints each finding and the command that fixes it.
-    /// Exits 4 when a finding prevents or degrades aggregation. Run it as root.
-    Doctor {
-        /// Also open an MPTCP connection to HOST:PORT (it sends an HTTP HEAD request, so
-        /// that data flows) and report its subflows per uplink.
-        #[arg(long, value_name = "HOST:PORT")]
-        probe: Option<String>,
-    },
-    /// Makes this host pass the doctor for these uplinks (IFACE or IFACE=GATEWAY): a
-    /// routing table and source rule per uplink with its default route, a subflow
-    /// endpoint each, and limits. Idempotent; run it as root.
-    Setup {
-        /// The uplinks, e.g. `eth0 wwan0=10.64.0.1` (gateway: from the interface's
-        /// default route unless given).
-        #[arg(value_name = "IFACE[=GATEWAY]", required_unless_present = "remove")]
-        uplinks: Vec<String>,
-        /// Print the equivalent `ip` commands and change nothing.
-        #[arg(long, conflicts_with = "remove")]
-        dry_run: bool,
-        /// Undo exactly what earlier setup runs made.
-        #[arg(long)]
-        remove: bool,
-    },
-    /// What via=auto:NAME rules learned: which destinations speak MPTCP (they go direct).
-    Learned {
-        /// Forget it all, so the next connections check again.
-        #[arg(long)]
-        forget: bool,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum RulesCommand {
-    /// All rules, in rule file order.
-    #[command(alias = "ls")]
-    List,
-    /// The rule for one destination.
-    Show {
-        /// Address, CIDR prefix, name, `*.domain` or `*`.
-        destination: String,
-    },
-    /// Add a rule, or replace the rule for that destination.
-    #[command(alias = "set")]
-    Add {
-        /// Address, CIDR prefix, name, `*.domain` or `*`.
-        destination: String,
-        /// Open connections to it as Multipath TCP (on) or plain TCP (off).
-        #[arg(long, value_enum, default_value_t = OnOff::On)]
-        mptcp: OnOff,
-        /// default, roundrobin or redundant (the legacy kernel's schedulers).
-        #[arg(long, default_value_t = Scheduler::Default, value_parser = parse_scheduler)]
-        scheduler: Scheduler,
-        /// default, fullmesh, ndiffports or binder.
-        #[arg(long, default_value_t = PathManager::Default, value_parser = parse_path_manager)]
-        path_manager: PathManager,
-        /// default (the proxy's own host refused, all else allowed), allow (opens an
-        /// address or prefix of the host on purpose) or deny (refused with reply 0x02).
-        #[arg(long, default_value_t = Access::Default, value_parser = parse_access)]
-        access: Access,
-        /// direct, the NAME of an upstream, or auto:NAME (through NAME until the
-        /// destination is found to speak MPTCP).
-        #[arg(long, default_value_t = Via::Direct, value_parser = parse_via)]
-        via: Via,
-    },
-    /// Remove the rule for a destination.
-    #[command(alias = "remove", alias = "del")]
-    Rm {
-        /// The destination, as listed.
-        destination: String,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum OnOff {
-    On,
-    Off,
-}
-
-fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
-    s.parse()
-        .map_err(|_| format!("expected one of {}", names(Scheduler::ALL)))
-}
-
-fn parse_path_manager(s: &str) -> Result<PathManager, String> {
-    s.parse()
-        .map_err(|_| format!("expected one of {}", names(PathManager::ALL)))
-}
-
-fn parse_access(s: &str) -> Result<Access, String> {
-    s.parse()
-        .map_err(|_| format!("expected one of {}", names(Access::ALL)))
-}
-
-fn parse_via(s: &str) -> Result<Via, String> {
-    s.parse().map_err(|e: mptcp_policy::Error| e.to_string())
-}
-
-fn names<T: std::fmt::Display>(all: &[T]) -> String {
-    all.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// Why a command failed, and so the exit code.
 enum Failure {
@@ -202,17 +50,21 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = CtlArgs::parse();
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => failure.report(),
     }
 }
 
-fn run(cli: &Cli) -> Result<(), Failure> {
-    let client = ApiClient::new(&cli.api, cli.token.clone());
+fn run(cli: &CtlArgs) -> Result<(), Failure> {
+    let target = cli.api_target().map_err(Failure::Usage)?;
+    for note in &target.notes {
+        eprintln!("mptcpctl: {note}");
+    }
+    let client = ApiClient::new(&target.api, target.token);
     match &cli.command {
-        Command::Health => {
+        CtlCommand::Health => {
             let health = client.health()?;
             let degraded = health.status != "ok";
             if cli.json {
@@ -247,13 +99,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 return Err(Failure::Degraded);
             }
         }
-        Command::Learned { forget: true } => {
+        CtlCommand::Learned { forget: true } => {
             client.forget_learned()?;
             if !cli.json {
                 println!("forgot what auto: rules learned");
             }
         }
-        Command::Learned { forget: false } => {
+        CtlCommand::Learned { forget: false } => {
             let learned = client.learned()?;
             if cli.json {
                 return print_json(&learned);
@@ -264,7 +116,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 print!("{}", learned_table(&learned));
             }
         }
-        Command::Rules(RulesCommand::List) => {
+        CtlCommand::Rules(RulesCommand::List) => {
             let rules = client.rules()?;
             if cli.json {
                 return print_json(&rules);
@@ -275,14 +127,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 print!("{}", rules_table(&rules));
             }
         }
-        Command::Rules(RulesCommand::Show { destination }) => {
+        CtlCommand::Rules(RulesCommand::Show { destination }) => {
             let rule = client.rule(destination)?;
             if cli.json {
                 return print_json(&rule);
             }
             print!("{}", rules_table(std::slice::from_ref(&rule)));
         }
-        Command::Rules(RulesCommand::Add {
+        CtlCommand::Rules(RulesCommand::Add {
             destination,
             mptcp,
             scheduler,
@@ -314,20 +166,20 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 println!("not in effect here: {reason}");
             }
         }
-        Command::Rules(RulesCommand::Rm { destination }) => {
+        CtlCommand::Rules(RulesCommand::Rm { destination }) => {
             client.delete_rule(destination)?;
             if !cli.json {
                 println!("removed rule for {destination}");
             }
         }
-        Command::Capabilities => {
+        CtlCommand::Capabilities => {
             let capabilities = client.capabilities()?;
             if cli.json {
                 return print_json(&capabilities);
             }
             print!("{}", capabilities_text(&capabilities));
         }
-        Command::Connections => {
+        CtlCommand::Connections => {
             let connections = client.connections()?;
             if cli.json {
                 return print_json(&connections);
@@ -338,9 +190,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
                 print!("{}", connections_table(&connections));
             }
         }
-        Command::TlsFingerprint { path } => tls_fingerprint(path)?,
-        Command::Doctor { probe } => return doctor(&client, probe.as_deref(), cli.json),
-        Command::Setup {
+        CtlCommand::TlsFingerprint { path } => tls_fingerprint(path)?,
+        CtlCommand::Doctor { probe } => return doctor(&client, probe.as_deref(), cli.json),
+        CtlCommand::Setup {
             uplinks,
             dry_run,
             remove,

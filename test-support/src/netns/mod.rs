@@ -20,7 +20,7 @@ mod traffic;
 
 pub use mptcp::{SubflowCount, mptcp_connection_info, mptcp_subflows};
 pub use namespace::{Namespace, in_netns, list_namespaces, spawn_in_netns};
-pub use process::NsChild;
+pub use process::{NsChild, output_ok};
 pub use topology::{
     Addrs, CLIENT_IF, INET_ADDRESSES, INET_IF, Ns, Options, PATH_A_IF, PATH_B_IF, PROXY_CLIENT_IF,
     PathCounters, SERIAL_WAIT, SERVER_INET_IF, Topology,

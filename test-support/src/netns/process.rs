@@ -62,7 +62,10 @@ where
 }
 
 /// Runs `cmd` with stdin closed; its stdout, or an error with its stderr.
-pub(crate) fn output_ok(cmd: &mut Command) -> anyhow::Result<String> {
+///
+/// # Errors
+/// `cmd` cannot start or exits unsuccessfully (its stderr in the error).
+pub fn output_ok(cmd: &mut Command) -> anyhow::Result<String> {
     let shown = format!("{cmd:?}");
     let out = cmd
         .stdin(Stdio::null())
