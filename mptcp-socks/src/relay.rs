@@ -693,6 +693,18 @@ mod tests {
         got
     }
 
+    /// What each end sent is what the other got.
+    fn assert_delivered(up: &[u8], at_server: &[u8], down: &[u8], at_client: &[u8]) {
+        assert!(
+            at_server == up,
+            "the server got other bytes than the client sent"
+        );
+        assert!(
+            at_client == down,
+            "the client got other bytes than the server sent"
+        );
+    }
+
     /// Pipes far smaller than a chunk: nearly every chunk's write stops short, so the
     /// backlog carries most bytes, in both directions at once.
     #[tokio::test]
@@ -711,14 +723,7 @@ mod tests {
             talk(client, up.clone()),
         );
         relayed.unwrap();
-        assert!(
-            at_server == up,
-            "the server got other bytes than the client sent"
-        );
-        assert!(
-            at_client == down,
-            "the client got other bytes than the server sent"
-        );
+        assert_delivered(&up, &at_server, &down, &at_client);
         assert_eq!(activity.bytes(), (300_000, 200_000));
     }
 
@@ -807,14 +812,7 @@ mod tests {
             tokio::join!(relay(&mut a, &mut b, &activity, Vec::new()), ends);
         relayed.unwrap();
         io.unwrap();
-        assert!(
-            at_server == up,
-            "the server got other bytes than the client sent"
-        );
-        assert!(
-            at_client == down,
-            "the client got other bytes than the server sent"
-        );
+        assert_delivered(&up, &at_server, &down, &at_client);
         assert_eq!(activity.bytes(), (8 << 20, 3 << 20));
         let spare_after = PIPES.with(|pipes| pipes.borrow().len());
         assert!(
