@@ -108,7 +108,20 @@ impl ConfigFile {
             key: None,
             message,
         };
-        let meta = std::fs::metadata(path).map_err(|e| refuse(format!("cannot read it: {e}")))?;
+        // The config decides who may use the proxy and where the API listens: trusted only
+        // as the rule file is, when nobody but root and this user can change it.
+        let resolved = crate::store::strict::resolve(path, mptcp_policy::effective_uid()).map_err(
+            |refusal| match refusal {
+                crate::store::strict::Refusal::Unsafe(reason) => {
+                    refuse(format!("not trusted: {reason}"))
+                }
+                crate::store::strict::Refusal::Io(e) => refuse(format!("cannot read it: {e}")),
+            },
+        )?;
+        let meta = resolved
+            .meta
+            .ok_or_else(|| refuse("cannot read it: no such file".to_owned()))?;
+        let path = resolved.target.as_path();
         if !meta.is_file() {
             return Err(refuse("not a regular file".to_owned()));
         }

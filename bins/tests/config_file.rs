@@ -689,3 +689,19 @@ fn send(pid: i32, signal: i32) -> anyhow::Result<()> {
     anyhow::ensure!(status.success(), "kill -{signal} {pid}: {status}");
     Ok(())
 }
+
+/// The config decides who may use the proxy: a file that someone other than root and the
+/// daemon's user could change is refused, as the rule file would be.
+#[test]
+fn a_config_file_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(dir.path(), "open.toml", "port = 1081\n");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let refused = cli_with(&path, &[])
+        .expect_err("group/other-writable")
+        .to_string();
+    assert!(refused.contains("not trusted"), "{refused}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    cli_with(&path, &[]).expect("trusted once only its owner can write it");
+}

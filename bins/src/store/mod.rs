@@ -20,7 +20,7 @@
 
 mod error;
 mod file;
-mod strict;
+pub(crate) mod strict;
 
 use std::fmt;
 use std::fs::File;
